@@ -1,0 +1,69 @@
+"""Sign every OpenAI request on its way out, so the official `openai` package works unchanged:
+
+    http = signing_http_client(key, domain, max_price)
+    openai.OpenAI(base_url=gateway + "/v1", api_key="unused", http_client=http)
+
+The hook reads the JSON body the SDK built, maps it to the InferenceRequest the gateway will
+rebuild (agents.protocol.messages.request_from_openai), signs it and adds the X-Nullius-* headers.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+import httpx
+from eth_account import Account
+
+from agents.protocol.eip712 import Domain, sign_request
+from agents.protocol.messages import auth_headers, request_from_openai
+
+DEFAULT_DEADLINE_S = 300
+
+
+def _kind(path: str) -> str | None:
+    if path.endswith("/chat/completions"):
+        return "chat"
+    if path.endswith("/completions"):
+        return "completion"
+    return None
+
+
+def signer(private_key: str | bytes, domain: Domain, max_price: int,
+           deadline_s: int = DEFAULT_DEADLINE_S):
+    """An httpx request hook that signs completion requests; other requests pass untouched."""
+    address = Account.from_key(private_key).address
+
+    def sign(request: httpx.Request) -> None:
+        kind = _kind(request.url.path)
+        if kind is None or request.method != "POST":
+            return
+        body = json.loads(request.read())
+        # a fresh random nonce per request: no state to keep, collisions are negligible at 2^-128
+        inference = request_from_openai(
+            kind, body, client=address, nonce=secrets.randbits(128),
+            deadline=int(time.time()) + deadline_s, max_price=max_price)
+        request.headers.update(auth_headers(inference, sign_request(inference, domain, private_key)))
+
+    return sign
+
+
+def signing_http_client(private_key: str | bytes, domain: Domain, max_price: int, *,
+                        deadline_s: int = DEFAULT_DEADLINE_S, **kwargs) -> httpx.Client:
+    """An httpx.Client for `openai.OpenAI(http_client=...)` that signs each completion request."""
+    kwargs.setdefault("timeout", 120.0)
+    return httpx.Client(event_hooks={"request": [signer(private_key, domain, max_price, deadline_s)]},
+                        **kwargs)
+
+
+def signing_async_http_client(private_key: str | bytes, domain: Domain, max_price: int, *,
+                              deadline_s: int = DEFAULT_DEADLINE_S, **kwargs) -> httpx.AsyncClient:
+    """The same for `openai.AsyncOpenAI`."""
+    sign = signer(private_key, domain, max_price, deadline_s)
+
+    async def hook(request: httpx.Request) -> None:
+        sign(request)
+
+    kwargs.setdefault("timeout", 120.0)
+    return httpx.AsyncClient(event_hooks={"request": [hook]}, **kwargs)

@@ -1,0 +1,141 @@
+"""The participant node: one FastAPI app serving the gateway, executor and artifact routes, whose
+lifespan owns the background work (the outbox and the role loop), its retries and its shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import asynccontextmanager
+
+import httpx
+import uvicorn
+from eth_account import Account
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from agents.artifacts.fetch import ipfs_router
+from agents.artifacts.store import open_store
+from agents.chain.client import ChainClient
+from agents.chain.deploy import Deployments
+from agents.chain.events import EventPoller
+from agents.chain.outbox import Outbox
+from agents.node import errors, executor, gateway, keeper, validator
+from agents.node.chain_view import ChainView
+from agents.node.config import NodeSettings
+from agents.node.context import NodeContext, log
+from agents.node.metrics import NodeMetrics
+from agents.node.state import NodeState
+from agents.protocol.eip712 import Domain
+
+
+def build_context(settings: NodeSettings) -> NodeContext:
+    deployments = Deployments.load(settings.deployments_file)
+    client = ChainClient(settings.rpc_url, settings.private_key, deployments)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return NodeContext(
+        settings=settings,
+        account=Account.from_key(settings.private_key),
+        chain=ChainView(client),
+        state=NodeState(settings.data_dir / "node.sqlite"),
+        outbox=Outbox(settings.data_dir / "outbox.sqlite", client),
+        store=open_store(settings.artifact_store_url),
+        http=httpx.AsyncClient(timeout=settings.request_timeout),
+        metrics=NodeMetrics(),
+        domain=Domain(deployments.chain_id, deployments.ledger),
+    )
+
+
+def finished_handler(ctx: NodeContext, window: int):
+    """Hand each Finished event to the roles that wait on it (idempotent: replays are harmless)."""
+
+    async def handle(event) -> None:
+        inference_id, executor_ = bytes(event["args"]["inference_id"]), event["args"]["executor"]
+        validator.on_finished(ctx, inference_id, executor_, event["blockNumber"])
+        keeper.on_finished(ctx, inference_id, executor_, event["blockNumber"], window)
+
+    return handle
+
+
+async def tick_loop(ctx: NodeContext, window: int, stop: asyncio.Event) -> None:
+    """The one loop of the validator and keeper roles: a failed tick is logged and retried."""
+    while not stop.is_set():
+        try:
+            head = await ctx.read(ctx.chain.block_number)
+            await validator.tick(ctx, head, window)
+            await keeper.tick(ctx, head, window)
+        except Exception:
+            log.exception("role tick failed; retrying")
+        try:
+            await asyncio.wait_for(stop.wait(), ctx.settings.poll_interval)
+        except TimeoutError:
+            pass
+
+
+def create_app(settings: NodeSettings) -> FastAPI:
+    ctx = build_context(settings)
+    window = ctx.chain.validation_window()
+    finished = EventPoller(ctx.chain.client, ctx.chain.client.ledger, "Finished",
+                           settings.data_dir / "events.sqlite", ctx.chain.client.deployments.start_block)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(ctx.outbox.run(stop), name="outbox"),
+                 asyncio.create_task(finished.run(finished_handler(ctx, window), stop,
+                                                  settings.poll_interval), name="events"),
+                 asyncio.create_task(tick_loop(ctx, window, stop), name="roles")]
+        log.info("node %s up at %s serving %s", ctx.address, settings.url, settings.model)
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await ctx.http.aclose()
+            finished.close()
+            ctx.outbox.close()
+            ctx.state.close()
+
+    app = FastAPI(title="Nullius participant node", lifespan=lifespan)
+    app.state.ctx = ctx
+    errors.install(app)
+    app.include_router(gateway.router)
+    app.include_router(executor.router)
+    app.include_router(ipfs_router(ctx.store))
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "address": ctx.address, "model": settings.model, "url": settings.url,
+                "watching": {role: ctx.state.watching(role)
+                             for role in (validator.ROLE, keeper.SETTLE, keeper.EXPIRE)}}
+
+    @app.get("/metrics")
+    async def metrics(_: Request) -> Response:
+        return Response(ctx.metrics.render(ctx.outbox.counts()), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: what log shippers and `jq` read."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                 "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def run(settings: NodeSettings) -> None:
+    configure_logging()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")

@@ -1,0 +1,178 @@
+"""Executor role: run an order from a gateway on the model node, with seeded sampling.
+
+It checks the order (gateway signature and registration, client signature, inference id, that
+this node is the drawn executor, once only), streams or returns the answer without the
+logprobs it asked for, then stores the artifact, queues `finish`, and signs an ExecutionReceipt that rides in the last chunk (or the JSON body).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import numpy as np
+from eth_utils import keccak
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from agents.artifacts.cid import digest_from_cid
+from agents.node.context import NodeContext, log
+from agents.node.errors import ApiError, from_validation
+from agents.node.model_client import TOP_K, Generation, generation_call, strip_logprobs
+from agents.protocol import eip712
+from agents.protocol.messages import RECEIPT_FIELD, ExecuteOrder, ExecutionReceipt
+from agents.verification.artifact import Artifact
+from agents.verification.noise import seed_from_inference_id
+
+MAX_ORDER_BYTES = 1 << 20
+BLOCKHASH_WINDOW = 256  # the EVM serves blockhash for the last 256 blocks only
+
+
+def parse_order(raw: bytes) -> ExecuteOrder:
+    if len(raw) > MAX_ORDER_BYTES:
+        raise ApiError(413, f"order is {len(raw)} bytes, the limit is {MAX_ORDER_BYTES}",
+                       "body_too_large")
+    try:
+        return ExecuteOrder.model_validate_json(raw)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+
+
+async def check_order(ctx: NodeContext, order: ExecuteOrder) -> bytes:
+    """Every check before running anything; returns the inference id."""
+    try:
+        signer = order.verify()
+    except ValueError as exc:
+        raise ApiError(401, f"order signature: {exc}", "invalid_signature", "signature") from None
+    if signer.lower() != order.gateway.lower():
+        raise ApiError(401, f"order is signed by {signer}, not by gateway {order.gateway}",
+                       "signature_mismatch", "signature")
+    gateway = await ctx.read(ctx.chain.participant, order.gateway)
+    if not gateway.active:
+        raise ApiError(403, f"gateway {order.gateway} is not a registered participant",
+                       "unknown_gateway", "gateway")
+    request = order.request
+    if request.model != ctx.settings.model:
+        raise ApiError(404, f"model '{request.model}' is not served by this executor",
+                       "model_not_found", "request.model")
+    if request.deadline <= time.time():  # the Ledger would refuse its start: the work would be unpaid
+        raise ApiError(400, f"request expired: deadline {request.deadline} has passed",
+                       "request_expired", "request.deadline")
+    inference_id = eip712.inference_id(request, ctx.domain)
+    if order.inference_id.lower() != "0x" + inference_id.hex():
+        raise ApiError(400, "inference_id does not match the request", "inference_id_mismatch",
+                       "inference_id")
+    try:
+        client = eip712.recover_client(request, ctx.domain, bytes.fromhex(order.client_signature[2:]))
+    except Exception:
+        client = None
+    if client is None or client.lower() != request.client.lower():
+        raise ApiError(401, f"client signature is not by {request.client}", "signature_mismatch",
+                       "client_signature")
+    head = await ctx.read(ctx.chain.block_number)
+    if not head - BLOCKHASH_WINDOW < order.seed_block <= head:
+        raise ApiError(400, f"seed block {order.seed_block} is not within the last "
+                       f"{BLOCKHASH_WINDOW} blocks (head {head})", "stale_seed_block", "seed_block")
+    drawn = await ctx.read(ctx.chain.draw_executor, ctx.model_id, inference_id, order.seed_block)
+    if drawn.lower() != ctx.address.lower():
+        raise ApiError(403, f"this node is not the drawn executor: the draw picks {drawn}",
+                       "not_drawn_executor", "seed_block")
+    if not ctx.state.claim_execution(inference_id):
+        raise ApiError(409, f"inference 0x{inference_id.hex()} was already executed",
+                       "already_executed", "inference_id")
+    return inference_id
+
+
+def build_artifact(order: ExecuteOrder, seed: int, gen: Generation) -> bytes:
+    # an empty answer still has k columns
+    shape = (len(gen.token_ids), TOP_K)
+    return Artifact.build(order.request, seed, gen.token_ids,
+                          np.asarray(gen.top_ids, dtype=np.int64).reshape(shape),
+                          np.asarray(gen.top_logprobs, dtype=np.float64).reshape(shape)).encode()
+
+
+async def conclude(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
+                   gen: Generation) -> ExecutionReceipt:
+    """Store the artifact, queue `finish` (the outbox holds it until the start lands), sign the receipt."""
+    seed = seed_from_inference_id(inference_id)
+    cid = await ctx.read(ctx.store.put, build_artifact(order, seed, gen))
+    response_hash = keccak(text=gen.text)
+    ctx.outbox.enqueue("finish", "0x" + inference_id.hex(),
+                       ["0x" + inference_id.hex(), "0x" + response_hash.hex(),
+                        "0x" + digest_from_cid(cid).hex(), len(gen.token_ids)])
+    ctx.metrics.completion_tokens.inc(len(gen.token_ids))
+    log.info("executor: inference 0x%s answered with %d tokens, artifact %s", inference_id.hex(),
+             len(gen.token_ids), cid)
+    return ExecutionReceipt(inference_id="0x" + inference_id.hex(), executor=ctx.address,
+                            response_hash="0x" + response_hash.hex(), artifact_cid=cid,
+                            completion_tokens=len(gen.token_ids)).sign(ctx.account.key)
+
+
+async def execute(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes) -> Response:
+    kind = order.request.kind
+    path, body = generation_call(order.request, ctx.settings.model,
+                                 seed_from_inference_id(inference_id), order.stream)
+    url = ctx.settings.mlnode_url.rstrip("/") + path
+    timeout = ctx.settings.request_timeout
+    gen = Generation()
+    try:
+        if not order.stream:
+            r = await ctx.http.post(url, json=body, timeout=timeout)
+            if r.status_code != 200:
+                raise ApiError(502, f"model node failed ({r.status_code}): {r.text[:300]}",
+                               "model_node_error")
+            payload = r.json()
+            gen.add_choice(kind, payload["choices"][0])
+            receipt = await conclude(ctx, order, inference_id, gen)
+            payload = strip_logprobs(payload)
+            payload[RECEIPT_FIELD] = receipt.model_dump(mode="json")
+            return JSONResponse(payload)
+        upstream = await ctx.http.send(ctx.http.build_request("POST", url, json=body,
+                                                              timeout=timeout), stream=True)
+    except httpx.HTTPError as exc:
+        raise ApiError(502, f"model node unreachable: {exc!r}", "model_node_unreachable") from None
+    if upstream.status_code != 200:
+        text = (await upstream.aread()).decode(errors="replace")[:300]
+        await upstream.aclose()
+        raise ApiError(502, f"model node failed ({upstream.status_code}): {text}", "model_node_error")
+
+    async def relay():
+        try:
+            async for line in upstream.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if chunk.get("choices"):
+                    gen.add_choice(kind, chunk["choices"][0])
+                yield f"data: {json.dumps(strip_logprobs(chunk))}\n\n"
+        finally:
+            await upstream.aclose()
+        receipt = await conclude(ctx, order, inference_id, gen)
+        # shaped like OpenAI's usage chunk (no choices) so SDKs pass it through
+        final = {"object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                 "choices": [], RECEIPT_FIELD: receipt.model_dump(mode="json")}
+        yield f"data: {json.dumps(final)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(relay(), media_type="text/event-stream")
+
+
+router = APIRouter()
+
+
+@router.post("/nullius/v1/execute")
+async def execute_route(http_request: Request) -> Response:
+    ctx: NodeContext = http_request.app.state.ctx
+    ctx.metrics.requests.labels("executor").inc()
+    try:
+        order = parse_order(await http_request.body())
+        inference_id = await check_order(ctx, order)
+        return await execute(ctx, order, inference_id)
+    except ApiError as exc:
+        ctx.metrics.errors.labels("executor", exc.code).inc()
+        raise

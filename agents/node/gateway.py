@@ -1,0 +1,261 @@
+"""Gateway role: the public OpenAI-compatible API.
+
+It rebuilds the signed InferenceRequest from the OpenAI body and the X-Nullius-* headers, admits
+it (signature, deadline, nonce, escrow, model, limits), draws the executor exactly as the Ledger
+will, forwards a signed ExecuteOrder and, at the same time, queues `start` in the outbox. Every
+refusal happens before anything is recorded or queued.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import httpx
+from eth_utils import to_checksum_address
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from agents.node.chain_view import NONE, ZERO_ADDRESS
+from agents.node.context import NodeContext, log
+from agents.node.errors import ApiError, from_validation
+from agents.protocol import eip712
+from agents.protocol.messages import (
+    H_CLIENT, H_DEADLINE, H_EXECUTOR, H_INFERENCE_ID, H_MAX_PRICE, H_NONCE, H_SIGNATURE,
+    ExecuteOrder, RequestMappingError, request_from_openai,
+)
+from agents.protocol.requests import InferenceRequest
+
+# An OpenAI body is small; anything far beyond the prompt limit is refused before parsing.
+MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Auth:
+    client: str
+    nonce: int
+    deadline: int
+    max_price: int
+    signature: bytes
+
+
+def _int_header(headers, name: str) -> int:
+    raw = headers.get(name)
+    if raw is None:
+        raise ApiError(400, f"missing header {name}", "missing_header", name)
+    try:
+        value = int(raw, 0)
+    except ValueError:
+        raise ApiError(400, f"header {name} must be an integer, got {raw!r}", "invalid_header",
+                       name) from None
+    if not 0 <= value < 2**256:
+        raise ApiError(400, f"header {name} is out of range", "invalid_header", name)
+    return value
+
+
+def auth_from_headers(headers) -> Auth:
+    """The client's authorization from the X-Nullius-* headers."""
+    client = headers.get(H_CLIENT)
+    if client is None:
+        raise ApiError(400, f"missing header {H_CLIENT}", "missing_header", H_CLIENT)
+    raw_sig = headers.get(H_SIGNATURE)
+    if raw_sig is None:
+        raise ApiError(400, f"missing header {H_SIGNATURE}", "missing_header", H_SIGNATURE)
+    try:
+        signature = bytes.fromhex(raw_sig.removeprefix("0x"))
+    except ValueError:
+        signature = b""
+    if len(signature) != 65:
+        raise ApiError(400, f"header {H_SIGNATURE} must be 65 bytes of 0x hex", "invalid_signature",
+                       H_SIGNATURE)
+    return Auth(client, _int_header(headers, H_NONCE), _int_header(headers, H_DEADLINE),
+                _int_header(headers, H_MAX_PRICE), signature)
+
+
+def build_request(kind: str, raw: bytes, auth: Auth) -> tuple[InferenceRequest, bool]:
+    """(request, stream) from the raw body; raises ApiError naming the field at fault."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body is {len(raw)} bytes, the limit is {MAX_BODY_BYTES}",
+                       "body_too_large")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+    try:
+        request = request_from_openai(kind, body, client=auth.client, nonce=auth.nonce,
+                                      deadline=auth.deadline, max_price=auth.max_price)
+    except RequestMappingError as exc:
+        raise ApiError(400, str(exc), "invalid_parameter", exc.param) from None
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "stream must be a boolean", "invalid_parameter", "stream")
+    return request, stream
+
+
+def prompt_chars(request: InferenceRequest) -> int:
+    if request.prompt is not None:
+        return len(request.prompt)
+    return sum(len(m.content) for m in request.messages)
+
+
+def check_limits(request: InferenceRequest, max_prompt_chars: int, max_tokens: int) -> None:
+    chars = prompt_chars(request)
+    if chars > max_prompt_chars:
+        raise ApiError(400, f"prompt is {chars} characters, the limit is {max_prompt_chars}",
+                       "prompt_too_long", "messages" if request.messages else "prompt")
+    if request.max_tokens > max_tokens:
+        raise ApiError(400, f"max_tokens is {request.max_tokens}, the limit is {max_tokens}",
+                       "max_tokens_too_large", "max_tokens")
+
+
+def check_signature(request: InferenceRequest, domain: eip712.Domain, signature: bytes) -> None:
+    try:
+        signer = eip712.recover_client(request, domain, signature)
+    except Exception:  # eth-keys raises several types for an invalid v, r or s
+        raise ApiError(400, "malformed signature", "invalid_signature", H_SIGNATURE) from None
+    if signer.lower() != request.client.lower():
+        raise ApiError(401, f"signature is by {signer}, not by client {request.client}",
+                       "signature_mismatch", H_SIGNATURE)
+
+
+async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes) -> tuple[bytes, int]:
+    """All checks before anything is recorded; returns (inference_id, lock)."""
+    s = ctx.settings
+    mid = eip712.model_id(request.model)
+    if request.model != s.model:
+        raise ApiError(404, f"model '{request.model}' is not served by this gateway",
+                       "model_not_found", "model")
+    model = await ctx.read(ctx.chain.model, mid)
+    if not model.active:
+        raise ApiError(404, f"model '{request.model}' is not registered on chain",
+                       "model_not_found", "model")
+    check_limits(request, s.max_prompt_chars, s.max_tokens)
+    if request.deadline <= time.time():
+        raise ApiError(400, f"request expired: deadline {request.deadline} has passed",
+                       "request_expired", H_DEADLINE)
+    check_signature(request, ctx.domain, signature)
+    if model.price > request.max_price:
+        raise ApiError(400, f"max_price {request.max_price} is below the model price {model.price}",
+                       "max_price_too_low", H_MAX_PRICE)
+    inference_id = eip712.inference_id(request, ctx.domain)
+    if ctx.state.nonce_used(request.client, request.nonce) or \
+            (await ctx.read(ctx.chain.inference, inference_id)).status != NONE:
+        raise ApiError(409, f"nonce {request.nonce} of client {request.client} was already used",
+                       "nonce_reused", H_NONCE)
+    lock = request.max_tokens * model.price
+    escrow = await ctx.read(ctx.chain.escrow_of, request.client)
+    in_flight = await in_flight_locks(ctx, request.client)
+    if escrow - in_flight < lock:
+        raise ApiError(402, f"insufficient escrow: {escrow} deposited, {in_flight} in flight, "
+                       f"{lock} needed", "insufficient_escrow")
+    return inference_id, lock
+
+
+async def in_flight_locks(ctx: NodeContext, client: str) -> int:
+    """Locks of this client's accepted requests that the chain does not yet show as started."""
+    total = 0
+    now = time.time()
+    for inference_id, lock, deadline in ctx.state.pending_locks(client):
+        started = (await ctx.read(ctx.chain.inference, inference_id)).status != NONE
+        if started or deadline < now:  # the chain holds it, or the Ledger will refuse to start it
+            ctx.state.release_lock(inference_id)
+        else:
+            total += lock
+    return total
+
+
+async def dispatch(ctx: NodeContext, request: InferenceRequest, signature: bytes, stream: bool):
+    inference_id, lock = await admit(ctx, request, signature)
+    seed_block = await ctx.read(ctx.chain.block_number)
+    mid = eip712.model_id(request.model)
+    executor = await ctx.read(ctx.chain.draw_executor, mid, inference_id, seed_block)
+    if executor == ZERO_ADDRESS:
+        raise ApiError(503, f"no participant serves model '{request.model}'", "no_executor", "model")
+    url = (await ctx.read(ctx.chain.participant, executor)).url
+    if not ctx.state.claim_nonce(request.client, request.nonce, inference_id, lock, request.deadline):
+        raise ApiError(409, f"nonce {request.nonce} of client {request.client} was already used",
+                       "nonce_reused", H_NONCE)
+    order = ExecuteOrder(request=request, client_signature="0x" + signature.hex(),
+                         inference_id="0x" + inference_id.hex(), seed_block=seed_block,
+                         gateway=ctx.address, stream=stream).sign(ctx.account.key)
+    ctx.outbox.enqueue("start", "0x" + inference_id.hex(), start_args(request, signature, seed_block,
+                                                                      executor))
+    ctx.state.watch("expire", inference_id, request.deadline)
+    log.info("gateway: inference 0x%s to executor %s (seed block %d)", inference_id.hex(), executor,
+             seed_block)
+    headers = {H_INFERENCE_ID: "0x" + inference_id.hex(), H_EXECUTOR: executor}
+    return await forward(ctx, url, order, headers)
+
+
+def start_args(request: InferenceRequest, signature: bytes, seed_block: int, executor: str) -> list:
+    """Ledger StartArgs, in field order (docs/protocol.md section 2)."""
+    return [to_checksum_address(request.client), "0x" + eip712.model_id(request.model).hex(),
+            "0x" + request.request_hash.hex(), request.max_tokens, request.max_price, request.nonce,
+            request.deadline, "0x" + signature.hex(), seed_block, executor]
+
+
+async def forward(ctx: NodeContext, url: str, order: ExecuteOrder, headers: dict) -> Response:
+    target = url.rstrip("/") + "/nullius/v1/execute"
+    body = order.model_dump(mode="json")
+    timeout = ctx.settings.request_timeout
+    try:
+        if not order.stream:
+            r = await ctx.http.post(target, json=body, timeout=timeout)
+            if r.status_code != 200:
+                raise _executor_error(headers[H_EXECUTOR], r)
+            return JSONResponse(r.json(), headers=headers)
+        upstream = await ctx.http.send(ctx.http.build_request("POST", target, json=body,
+                                                              timeout=timeout), stream=True)
+    except httpx.HTTPError as exc:
+        raise ApiError(502, f"executor {headers[H_EXECUTOR]} unreachable: {exc!r}",
+                       "executor_unreachable") from None
+    if upstream.status_code != 200:
+        await upstream.aread()
+        await upstream.aclose()
+        raise _executor_error(headers[H_EXECUTOR], upstream)
+
+    async def relay():
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:
+            await upstream.aclose()
+
+    return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
+
+
+def _executor_error(executor: str, r: httpx.Response) -> ApiError:
+    try:
+        message = r.json()["error"]["message"]
+    except Exception:
+        message = r.text[:200]
+    return ApiError(502, f"executor {executor} failed ({r.status_code}): {message}", "executor_error")
+
+
+router = APIRouter()
+
+
+async def _handle(kind: str, http_request: Request) -> Response:
+    ctx: NodeContext = http_request.app.state.ctx
+    ctx.metrics.requests.labels("gateway").inc()
+    try:
+        auth = auth_from_headers(http_request.headers)
+        request, stream = build_request(kind, await http_request.body(), auth)
+        return await dispatch(ctx, request, auth.signature, stream)
+    except ApiError as exc:
+        ctx.metrics.errors.labels("gateway", exc.code).inc()
+        raise
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(http_request: Request) -> Response:
+    return await _handle("chat", http_request)
+
+
+@router.post("/v1/completions")
+async def completions(http_request: Request) -> Response:
+    return await _handle("completion", http_request)

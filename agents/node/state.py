@@ -1,0 +1,91 @@
+"""The node's own state that must survive a restart, in one SQLite file.
+
+- `nonces`: every (client, nonce) this gateway accepted, so a replay is refused even before its
+  start lands on chain, with the lock it holds until the chain shows the start.
+- `executions`: inference ids this executor ran, so an order is executed once.
+- `watch`: inferences a role waits on: the validator (assignment after a finish), the keeper
+  (settle after the window as executor, expire after the deadline as gateway).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nonces (
+    client TEXT NOT NULL, nonce TEXT NOT NULL, inference_id TEXT NOT NULL,
+    lock TEXT NOT NULL, deadline INTEGER NOT NULL, pending INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (client, nonce));
+CREATE TABLE IF NOT EXISTS executions (inference_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS watch (
+    role TEXT NOT NULL, inference_id TEXT NOT NULL, due INTEGER NOT NULL,
+    PRIMARY KEY (role, inference_id));
+"""
+
+
+class NodeState:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # gateway -------------------------------------------------------------------------------
+
+    def nonce_used(self, client: str, nonce: int) -> bool:
+        row = self._db.execute("SELECT 1 FROM nonces WHERE client=? AND nonce=?",
+                               (client.lower(), str(nonce))).fetchone()
+        return row is not None
+
+    def claim_nonce(self, client: str, nonce: int, inference_id: bytes, lock: int,
+                    deadline: int) -> bool:
+        """Record an accepted request; False if the nonce was taken meanwhile."""
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO nonces (client, nonce, inference_id, lock, deadline) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (client.lower(), str(nonce), inference_id.hex(), str(lock), deadline))
+            return cur.rowcount == 1
+
+    def pending_locks(self, client: str) -> list[tuple[bytes, int, int]]:
+        """(inference id, lock, deadline) of this client's accepted requests not yet seen started."""
+        rows = self._db.execute(
+            "SELECT inference_id, lock, deadline FROM nonces WHERE client=? AND pending=1",
+            (client.lower(),)).fetchall()
+        return [(bytes.fromhex(i), int(lock), deadline) for i, lock, deadline in rows]
+
+    def release_lock(self, inference_id: bytes) -> None:
+        """The chain now holds the lock (or never will): stop counting it here."""
+        self._db.execute("UPDATE nonces SET pending=0 WHERE inference_id=?", (inference_id.hex(),))
+
+    # executor ------------------------------------------------------------------------------
+
+    def claim_execution(self, inference_id: bytes) -> bool:
+        with self._lock:
+            cur = self._db.execute("INSERT OR IGNORE INTO executions VALUES (?)",
+                                   (inference_id.hex(),))
+            return cur.rowcount == 1
+
+    # role watch lists ----------------------------------------------------------------------
+
+    def watch(self, role: str, inference_id: bytes, due: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO watch VALUES (?, ?, ?)",
+                         (role, inference_id.hex(), due))
+
+    def due(self, role: str, now: int) -> list[bytes]:
+        rows = self._db.execute("SELECT inference_id FROM watch WHERE role=? AND due<=? ORDER BY due",
+                                (role, now)).fetchall()
+        return [bytes.fromhex(r[0]) for r in rows]
+
+    def unwatch(self, role: str, inference_id: bytes) -> None:
+        self._db.execute("DELETE FROM watch WHERE role=? AND inference_id=?",
+                         (role, inference_id.hex()))
+
+    def watching(self, role: str) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM watch WHERE role=?", (role,)).fetchone()[0]

@@ -1,0 +1,472 @@
+"""The participant node over real HTTP on anvil with the deployed contracts.
+
+Two participants serve one model; each runs the whole node app (gateway, executor, validator,
+keeper) in this process, with its lifespan, over a real socket. The negative tests need no model;
+the happy paths start a real model node process (`nullius mlnode`) on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+
+from agents.chain.client import ChainClient
+from agents.cli import main as nullius
+from agents.chain.deploy import Deployments, register_model
+from agents.client.openai_hook import signing_http_client
+from agents.client.sdk import NulliusClient, NulliusError
+from agents.node.app import create_app
+from agents.node.chain_view import FINISHED, VALIDATED, ChainView
+from agents.node.config import NodeSettings
+from agents.node.context import NodeContext
+from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
+from agents.protocol.messages import ExecuteOrder, auth_headers, request_from_openai
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "nullius/test-gateway"  # its own name: the session's chain is shared with other tests
+MODEL_DIR = REPO / "models" / "ref-tiny"
+PRICE = 10**6
+MAX_PROMPT_CHARS = 200
+MAX_TOKENS = 64
+TOKEN = 10**18
+
+
+def _bind() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@dataclass
+class Node:
+    account: LocalAccount
+    url: str
+    ctx: NodeContext
+    server: uvicorn.Server
+    thread: threading.Thread
+
+
+@dataclass
+class Net:
+    rpc_url: str
+    deployments: Deployments
+    domain: Domain
+    gov: ChainClient
+    nodes: list[Node]
+    mlnode_url: str
+
+    @property
+    def gateway(self) -> Node:
+        return self.nodes[0]
+
+    def node(self, address: str) -> Node:
+        return next(n for n in self.nodes if n.account.address == address)
+
+    def funded(self, deposit: int = 0) -> LocalAccount:
+        """A fresh account with gas, tokens and `deposit` in escrow."""
+        acct = Account.create()
+        self.gov.w3.provider.make_request("anvil_setBalance", [acct.address, hex(10**20)])
+        self.gov.transact(self.gov.token.functions.mint(acct.address, 10 * TOKEN))
+        if deposit:
+            chain = ChainClient(self.rpc_url, acct.key, self.deployments)
+            chain.transact(chain.token.functions.approve(self.deployments.ledger, deposit))
+            chain.transact(chain.ledger.functions.deposit(deposit))
+        return acct
+
+
+@pytest.fixture(scope="module")
+def net(anvil, gov, deployed, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gateway")
+    deployments_file = deployed.save(tmp / "deployments.json")
+    spec_hash = hashlib.sha256((MODEL_DIR / "manifest.json").read_bytes()).digest()
+    register_model(anvil.w3, gov.key, deployed, MODEL, spec_hash, PRICE)
+    gov_chain = ChainClient(anvil.rpc_url, gov.key, deployed)
+    mlnode_url = _url(_bind())  # the model node starts on this port only when a test needs it
+    stake = gov_chain.registry.functions.min_stake().call()
+    nodes = []
+    for i in range(2):
+        acct = Account.create()
+        sock = _bind()
+        anvil.w3.provider.make_request("anvil_setBalance", [acct.address, hex(10**20)])
+        gov_chain.transact(gov_chain.token.functions.mint(acct.address, stake))
+        chain = ChainClient(anvil.rpc_url, acct.key, deployed)
+        chain.transact(chain.token.functions.approve(deployed.registry, stake))
+        chain.transact(chain.registry.functions.register(stake, _url(sock), model_id(MODEL)))
+        settings = NodeSettings(
+            private_key=acct.key.hex(), rpc_url=anvil.rpc_url, deployments_file=deployments_file,
+            mlnode_url=mlnode_url, public_url=_url(sock), data_dir=tmp / f"node-{i}", model=MODEL,
+            max_prompt_chars=MAX_PROMPT_CHARS, max_tokens=MAX_TOKENS, poll_interval=0.2)
+        app = create_app(settings)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        nodes.append(Node(acct, _url(sock), app.state.ctx, server, thread))
+    for node in nodes:
+        deadline = time.monotonic() + 20
+        while not node.server.started:
+            assert time.monotonic() < deadline, "node did not start"
+            time.sleep(0.02)
+    yield Net(anvil.rpc_url, deployed, Domain(deployed.chain_id, deployed.ledger), gov_chain,
+              nodes, mlnode_url)
+    for node in nodes:
+        node.server.should_exit = True
+    for node in nodes:
+        node.thread.join(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def mlnode(net):
+    port = net.mlnode_url.rsplit(":", 1)[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agents.cli", "mlnode", "--model", str(MODEL_DIR),
+         "--served-name", MODEL, "--port", port],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(net.mlnode_url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mlnode did not start: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    yield net.mlnode_url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def client_acct(net):
+    return net.funded(deposit=TOKEN)
+
+
+def _body(kind: str = "completion", **kw) -> dict:
+    base = {"model": MODEL, "max_tokens": 8}
+    base |= {"prompt": "def f(x):\n"} if kind == "completion" else {
+        "messages": [{"role": "user", "content": "def f(x):"}]}
+    return base | kw
+
+
+def _headers(net: Net, acct: LocalAccount, body: dict, kind: str = "completion", *,
+             nonce: int | None = None, deadline: int | None = None, max_price: int = PRICE,
+             signer: LocalAccount | None = None) -> dict:
+    request = request_from_openai(
+        kind, body, client=acct.address, nonce=time.time_ns() if nonce is None else nonce,
+        deadline=int(time.time()) + 300 if deadline is None else deadline, max_price=max_price)
+    return auth_headers(request, sign_request(request, net.domain, (signer or acct).key))
+
+
+def _post(url: str, body, headers: dict, kind: str = "completion") -> httpx.Response:
+    path = "/v1/completions" if kind == "completion" else "/v1/chat/completions"
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(url + path, content=content, headers=headers | {"content-type": "application/json"},
+                      timeout=60)
+
+
+def _snapshot(net: Net, acct: LocalAccount) -> tuple:
+    """Everything a refused request must leave alone: escrow, outboxes, watch lists."""
+    view = ChainView(net.gov)
+    return (view.escrow_of(acct.address),
+            [sum(n.ctx.outbox.counts().values()) for n in net.nodes],
+            [n.ctx.state.pending_locks(acct.address) for n in net.nodes],
+            [n.ctx.state.watching("expire") for n in net.nodes])
+
+
+def _error(r: httpx.Response) -> tuple:
+    return r.status_code, r.json()["error"]["code"], r.json()["error"]["message"]
+
+
+# ------------------------------------------------------------------------ gateway refusals
+
+
+def test_gateway__malformed_json__400_nothing_changes(net, client_acct):
+    headers = _headers(net, client_acct, _body())
+    before = _snapshot(net, client_acct)
+    r = _post(net.gateway.url, b'{"model": ', headers)
+    assert _error(r) == (400, "invalid_json",
+                         "request body is not valid JSON: Expecting value: line 1 column 11 (char 10)")
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert _snapshot(net, client_acct) == before
+
+
+def test_gateway__unknown_model__404_nothing_changes(net, client_acct):
+    body = _body(model="nullius/nope")
+    before = _snapshot(net, client_acct)
+    r = _post(net.gateway.url, body, _headers(net, client_acct, body))
+    assert _error(r) == (404, "model_not_found", "model 'nullius/nope' is not served by this gateway")
+    assert r.json()["error"]["param"] == "model"
+    assert _snapshot(net, client_acct) == before
+
+
+def test_gateway__oversized_prompt__400_nothing_changes(net, client_acct):
+    body = _body(prompt="x" * (MAX_PROMPT_CHARS + 1))
+    before = _snapshot(net, client_acct)
+    r = _post(net.gateway.url, body, _headers(net, client_acct, body))
+    assert _error(r) == (400, "prompt_too_long", "prompt is 201 characters, the limit is 200")
+    assert _snapshot(net, client_acct) == before
+
+
+def test_gateway__oversized_max_tokens__400_nothing_changes(net, client_acct):
+    body = _body(max_tokens=MAX_TOKENS + 1)
+    before = _snapshot(net, client_acct)
+    r = _post(net.gateway.url, body, _headers(net, client_acct, body))
+    assert _error(r) == (400, "max_tokens_too_large", "max_tokens is 65, the limit is 64")
+    assert _snapshot(net, client_acct) == before
+
+
+def test_gateway__unsupported_parameter__400_names_it(net, client_acct):
+    body = _body(logit_bias={"1": 5})
+    before = _snapshot(net, client_acct)
+    r = _post(net.gateway.url, body, _headers(net, client_acct, _body()))
+    assert _error(r) == (400, "invalid_parameter", "unsupported parameter 'logit_bias'")
+    assert r.json()["error"]["param"] == "logit_bias"
+    assert _snapshot(net, client_acct) == before
+
+
+def test_gateway__short_signature__400_nothing_changes(net, client_acct):
+    body = _body()
+    headers = _headers(net, client_acct, body) | {"X-Nullius-Signature": "0x1234"}
+    before = _snapshot(net, client_acct)
+    r = _post(net.gateway.url, body, headers)
+    assert _error(r) == (400, "invalid_signature",
+                         "header X-Nullius-Signature must be 65 bytes of 0x hex")
+    assert _snapshot(net, client_acct) == before
+
+
+def test_gateway__signature_over_other_body__401_nothing_changes(net, client_acct):
+    body = _body()
+    headers = _headers(net, client_acct, _body(max_tokens=7))
+    before = _snapshot(net, client_acct)
+    r = _post(net.gateway.url, body, headers)
+    status, code, message = _error(r)
+    assert (status, code) == (401, "signature_mismatch")
+    assert message.endswith(f", not by client {client_acct.address}")
+    assert _snapshot(net, client_acct) == before
+
+
+def test_gateway__forged_signature__401_names_signer(net, client_acct):
+    forger = Account.create()
+    body = _body()
+    before = _snapshot(net, client_acct)
+    r = _post(net.gateway.url, body, _headers(net, client_acct, body, signer=forger))
+    assert _error(r) == (401, "signature_mismatch",
+                         f"signature is by {forger.address}, not by client {client_acct.address}")
+    assert _snapshot(net, client_acct) == before
+
+
+def test_gateway__expired_deadline__400_nothing_changes(net, client_acct):
+    body = _body()
+    deadline = int(time.time()) - 5
+    before = _snapshot(net, client_acct)
+    r = _post(net.gateway.url, body, _headers(net, client_acct, body, deadline=deadline))
+    assert _error(r) == (400, "request_expired", f"request expired: deadline {deadline} has passed")
+    assert _snapshot(net, client_acct) == before
+
+
+def test_gateway__max_price_below_price__400_nothing_changes(net, client_acct):
+    body = _body()
+    before = _snapshot(net, client_acct)
+    r = _post(net.gateway.url, body, _headers(net, client_acct, body, max_price=PRICE - 1))
+    assert _error(r) == (400, "max_price_too_low",
+                         f"max_price {PRICE - 1} is below the model price {PRICE}")
+    assert _snapshot(net, client_acct) == before
+
+
+def test_gateway__too_little_escrow__402_nothing_changes(net):
+    poor = net.funded(deposit=8 * PRICE - 1)
+    body = _body(max_tokens=8)
+    before = _snapshot(net, poor)
+    r = _post(net.gateway.url, body, _headers(net, poor, body))
+    assert _error(r) == (402, "insufficient_escrow",
+                         f"insufficient escrow: {8 * PRICE - 1} deposited, 0 in flight, {8 * PRICE} needed")
+    assert _snapshot(net, poor) == before
+
+
+def test_gateway__missing_header__400_names_it(net, client_acct):
+    body = _body()
+    headers = _headers(net, client_acct, body)
+    del headers["X-Nullius-Nonce"]
+    r = _post(net.gateway.url, body, headers)
+    assert _error(r) == (400, "missing_header", "missing header X-Nullius-Nonce")
+
+
+def test_gateway__fastapi_404__has_the_one_error_shape(net):
+    r = httpx.get(net.gateway.url + "/v1/nothing")
+    assert _error(r) == (404, "not_found", "Not Found")
+
+
+# ------------------------------------------------------------------------ executor refusals
+
+
+def _order(net: Net, acct: LocalAccount, gateway: LocalAccount) -> tuple[ExecuteOrder, bytes, int]:
+    body = _body()
+    headers = _headers(net, acct, body)
+    request = request_from_openai(
+        "completion", body, client=acct.address, nonce=int(headers["X-Nullius-Nonce"]),
+        deadline=int(headers["X-Nullius-Deadline"]), max_price=PRICE)
+    iid = inference_id(request, net.domain)
+    seed_block = net.gov.w3.eth.block_number
+    order = ExecuteOrder(request=request, client_signature=headers["X-Nullius-Signature"],
+                         inference_id="0x" + iid.hex(), seed_block=seed_block,
+                         gateway=gateway.address).sign(gateway.key)
+    return order, iid, seed_block
+
+
+def _execute(url: str, order: ExecuteOrder) -> httpx.Response:
+    return httpx.post(url + "/nullius/v1/execute", json=order.model_dump(mode="json"), timeout=60)
+
+
+def test_executor__order_from_unregistered_gateway__403(net, client_acct):
+    stranger = Account.create()
+    order, _, _ = _order(net, client_acct, stranger)
+    r = _execute(net.nodes[0].url, order)
+    assert _error(r) == (403, "unknown_gateway",
+                         f"gateway {stranger.address} is not a registered participant")
+
+
+def test_executor__order_signed_by_other_than_gateway__401(net, client_acct):
+    stranger = Account.create()
+    order, _, _ = _order(net, client_acct, net.nodes[1].account)
+    forged = order.model_copy(update={"signature": None}).sign(stranger.key)
+    r = _execute(net.nodes[0].url, forged)
+    assert _error(r) == (401, "signature_mismatch",
+                         f"order is signed by {stranger.address}, not by gateway {net.nodes[1].account.address}")
+
+
+def test_executor__not_the_drawn_executor__403(net, client_acct):
+    order, iid, seed_block = _order(net, client_acct, net.gateway.account)
+    drawn = ChainView(net.gov).draw_executor(model_id(MODEL), iid, seed_block)
+    other = next(n for n in net.nodes if n.account.address != drawn)
+    before = other.ctx.outbox.counts()
+    r = _execute(other.url, order)
+    assert _error(r) == (403, "not_drawn_executor",
+                         f"this node is not the drawn executor: the draw picks {drawn}")
+    assert other.ctx.outbox.counts() == before
+
+
+def test_executor__expired_request__400(net, client_acct):
+    order, _, _ = _order(net, client_acct, net.gateway.account)
+    expired = order.request.model_copy(update={"deadline": int(time.time()) - 1})
+    order = order.model_copy(update={"request": expired, "signature": None}).sign(net.gateway.account.key)
+    r = _execute(net.nodes[0].url, order)
+    assert _error(r) == (400, "request_expired",
+                         f"request expired: deadline {expired.deadline} has passed")
+
+
+def test_executor__malformed_order__400_names_field(net):
+    r = httpx.post(net.nodes[0].url + "/nullius/v1/execute", json={"inference_id": "0x12"})
+    assert _error(r) == (400, "invalid_parameter", "request: Field required")
+    assert r.json()["error"]["param"] == "request"
+
+
+# ------------------------------------------------------------------------ happy paths
+
+
+def _wait_status(net: Net, iid: bytes, wanted: set[int], anvil, timeout: float = 60) -> int:
+    view = ChainView(net.gov)
+    deadline = time.monotonic() + timeout
+    while True:
+        status = view.inference(iid).status
+        if status in wanted or time.monotonic() > deadline:
+            return status
+        anvil.mine(1)  # the validator's assignment needs the block after the finish
+        time.sleep(0.2)
+
+
+def test_sdk__infer__answer_on_chain_and_validated(net, mlnode, client_acct, anvil):
+    client = NulliusClient(net.gateway.url, net.rpc_url, client_acct.key, net.deployments)
+    escrow = client.escrow()
+    result = client.infer(model=MODEL, prompt="def f(x):\n", max_tokens=8, temperature=0.7)
+    assert result.receipt.verify() == result.executor
+    assert 1 <= result.receipt.completion_tokens <= 8
+    assert _wait_status(net, result.inference_id, {VALIDATED}, anvil) == VALIDATED
+    assert client.verify(result.inference_id, result.text)
+    assert not client.verify(result.inference_id, result.text + " ")
+    info = client.status(result.inference_id)
+    assert info.cost == result.receipt.completion_tokens * PRICE
+    assert client.escrow() == escrow - info.cost
+
+
+def test_gateway__replayed_request__409_nothing_changes(net, mlnode, client_acct, anvil):
+    body = _body(max_tokens=4)
+    headers = _headers(net, client_acct, body)
+    first = _post(net.gateway.url, body, headers)
+    assert first.status_code == 200, first.text
+    before = _snapshot(net, client_acct)
+    r = _post(net.gateway.url, body, headers)
+    assert _error(r) == (409, "nonce_reused",
+                         f"nonce {headers['X-Nullius-Nonce']} of client {client_acct.address} "
+                         "was already used")
+    assert _snapshot(net, client_acct) == before
+
+
+def test_openai_package__chat_and_stream_through_signing_hook(net, mlnode, client_acct, anvil):
+    http = signing_http_client(client_acct.key, net.domain, PRICE)
+    oa = openai.OpenAI(base_url=net.gateway.url + "/v1", api_key="unused", http_client=http)
+    raw = oa.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "def add(a, b):"}], max_tokens=6,
+        temperature=0)
+    chat = raw.parse()
+    iid = bytes.fromhex(raw.headers["X-Nullius-Inference-Id"][2:])
+    assert chat.choices[0].message.content is not None
+    assert chat.model_extra["nullius_receipt"]["executor"] == raw.headers["X-Nullius-Executor"]
+
+    chunks = list(oa.completions.create(model=MODEL, prompt="import os\n", max_tokens=6,
+                                        stream=True))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    receipt = chunks[-1].model_extra["nullius_receipt"]
+    assert receipt["response_hash"] == "0x" + keccak(text=text).hex()
+    assert _wait_status(net, iid, {FINISHED, VALIDATED}, anvil) in {FINISHED, VALIDATED}
+
+
+def test_cli__infer_then_status__answer_matches_chain(net, mlnode, client_acct, anvil, capsys):
+    common = ["client", "--gateway", net.gateway.url, "--rpc-url", net.rpc_url,
+              "--key", client_acct.key.hex(), "--deployments", str(net.gateway.ctx.settings.deployments_file)]
+    assert nullius([*common, "infer", "--model", MODEL, "--prompt", "class A:", "--max-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    iid = re.search(r"inference (0x[0-9a-f]{64}) by", out).group(1)
+    _wait_status(net, bytes.fromhex(iid[2:]), {FINISHED, VALIDATED}, anvil)
+    assert nullius([*common, "status", iid]) == 0
+    assert re.search(r"status\W+(finished|validated)\b", capsys.readouterr().out)
+    assert nullius([*common, "status", iid, "--text", "surely not the answer"]) == 1
+    assert "answer does NOT match the chain" in capsys.readouterr().out
+
+
+def test_sdk__gateway_refusal__raises_with_code(net, mlnode):
+    poor = net.funded(deposit=0)
+    client = NulliusClient(net.gateway.url, net.rpc_url, poor.key, net.deployments)
+    with pytest.raises(NulliusError, match="insufficient escrow: 0 deposited") as info:
+        client.infer(model=MODEL, prompt="x", max_tokens=2)
+    assert (info.value.code, info.value.status) == ("insufficient_escrow", 402)
+
+
+def test_metrics__count_requests_and_errors(net):
+    text = httpx.get(net.gateway.url + "/metrics").text
+    assert 'nullius_errors_total{code="insufficient_escrow",role="gateway"}' in text
+    assert 'nullius_outbox{state="pending"}' in text
