@@ -1,0 +1,350 @@
+"""One-pass validation: judge an artifact against the validator's own teacher-forced prefill.
+
+The validator runs its pinned model once over prompt + the executor's output tokens and keeps,
+per output position t, its top-K logprobs plus the logprob and rank of the executor's token
+(vLLM `prompt_logprobs`). Then, with no further model calls:
+
+1. Sampling. The executor's token x must be the perturbed argmax of lp/T + G (G = the seeded
+   Gumbel noise of `noise.py`, masks of `sampler.py`; greedy when T = 0). Only the validator's
+   top-K and x have known logprobs, so every judgement is one-sided:
+   - a FAULT needs proof: a known candidate that surely survives the masks and beats x by more
+     than `tie_eps` (in logit units), or x surely masked. Anything else is at worst unresolved,
+     so honest numerics inside `tie_eps` are never accused;
+   - a position is RESOLVED when nothing can beat x: every known candidate loses, and the
+     tokens outside the top-K, whose logprobs are at most the K-th, cannot win even with their
+     actual noise (bounded with the K-th logprob) or are surely masked. Unresolved positions are
+     counted in the metrics, not accused.
+   Mask decisions use intervals: each logprob is trusted to +-tie_eps/2, and the unknown tail's
+   weight is bounded from the top-K's mass, the K-th logprob and the vocabulary size.
+2. Distribution. The executor's top-k logprobs must match the validator's: per entry within
+   `lp_max`, on average within `lp_mean`, and no validator token missing from the executor's
+   top-k while above its k-th logprob.
+3. Length. The answer ends at EOS or at max_tokens and not earlier, has nothing after EOS, and
+   has as many tokens as the chain's completion_tokens (EOS included).
+
+Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from eth_utils import keccak
+
+from agents.verification import noise
+from agents.verification.artifact import LP_FLOOR, Artifact
+from agents.verification.calibration import DEFAULT, Thresholds
+from agents.verification.sampler import SamplingParams
+
+MAX_SCORE = 10_000
+_OUT, _MAYBE, _IN = 0, 1, 2
+
+
+@dataclass(frozen=True, eq=False)
+class PrefillScores:
+    """The validator's own view of each output position, from one teacher-forced prefill."""
+
+    topk_ids: np.ndarray  # (n, K) best first
+    topk_logprobs: np.ndarray  # (n, K) log_softmax of the raw logits (before temperature)
+    token_logprobs: np.ndarray  # (n,) logprob of the executor's token at each position
+    token_ranks: np.ndarray  # (n,) its 1-based rank in the vocabulary
+
+    @property
+    def n(self) -> int:
+        return self.topk_ids.shape[0]
+
+    @classmethod
+    def from_prompt_logprobs(cls, prompt_logprobs: list, output_ids, top_k: int) -> "PrefillScores":
+        """Parse vLLM's `prompt_logprobs` over prompt + output: keep the last len(output) entries.
+
+        Each entry maps "<token id>" to {"logprob", "rank", ...} and holds the top `top_k` plus
+        the actual token (top_k + 1 entries when the actual token is outside the top-k).
+        """
+        output_ids = [int(i) for i in output_ids]
+        n = len(output_ids)
+        if n == 0 or len(prompt_logprobs) <= n or prompt_logprobs[-n] is None:
+            raise ValueError(f"prompt_logprobs has {len(prompt_logprobs)} entries, need more than {n}")
+        ids, lps, token_lps, ranks = [], [], [], []
+        for entry, actual in zip(prompt_logprobs[-n:], output_ids):
+            items = sorted(((int(i), v) for i, v in entry.items()), key=lambda kv: kv[1]["rank"])
+            if str(actual) not in entry and actual not in entry:
+                raise ValueError(f"prompt_logprobs entry lacks the actual token {actual}")
+            top = [kv for kv in items if kv[0] != actual or kv[1]["rank"] <= top_k][:top_k]
+            if len(top) != top_k:
+                raise ValueError(f"prompt_logprobs entry has {len(top)} top entries, expected {top_k}")
+            ids.append([i for i, _ in top])
+            lps.append([v["logprob"] for _, v in top])
+            chosen = dict(items)[actual]
+            token_lps.append(chosen["logprob"])
+            ranks.append(chosen["rank"])
+        return cls(np.array(ids, np.int64), np.array(lps), np.array(token_lps), np.array(ranks, np.int64))
+
+
+@dataclass(frozen=True)
+class Fault:
+    position: int | None  # output position, or None for the whole artifact
+    kind: str  # request | format | seed | length | after_eos | truncated | sampling | early_eos
+    #            | missed_eos | masked | logprobs | distribution
+    detail: str
+
+
+@dataclass(frozen=True)
+class Metrics:
+    n: int = 0
+    resolved: int = 0  # positions where no token can beat the executor's (see module doc)
+    ties: int = 0  # positions accepted as honest near-ties
+    lp_mean: float = 0.0  # mean |executor - validator| over the executor's top-k entries
+    lp_max: float = 0.0
+    overlap: float = 0.0  # mean fraction of the executor's top-k ids in the validator's top-k
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    score: int  # 0..10000: the share of clean positions; 0 on any whole-artifact fault
+    faults: list[Fault]
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+def precheck(artifact: Artifact, request_hash: bytes, vocab_size: int) -> list[Fault]:
+    """What the validator checks before spending a prefill: the signed request and the ids."""
+    actual = keccak(artifact.request_json)
+    if actual != request_hash:
+        return [Fault(None, "request", f"request hash 0x{actual.hex()} != signed 0x{request_hash.hex()}")]
+    largest = max(int(artifact.output_ids.max(initial=0)), int(artifact.topk_ids.max(initial=0)))
+    if largest >= vocab_size:
+        return [Fault(None, "format", f"token id {largest} outside the vocabulary of {vocab_size}")]
+    if artifact.n == 0:
+        return [Fault(None, "length", "no output tokens")]
+    return []
+
+
+def validate(
+    artifact: Artifact,
+    prefill: PrefillScores,
+    *,
+    request_hash: bytes,
+    seed: int,
+    completion_tokens: int,
+    eos_id: int,
+    vocab_size: int,
+    thresholds: Thresholds = DEFAULT,
+) -> Verdict:
+    """The verdict on one artifact. `request_hash` and `completion_tokens` come from the chain,
+    `seed` from the inference id (`noise.seed_from_inference_id`); the prefill covers exactly
+    the artifact's output positions."""
+    faults = precheck(artifact, request_hash, vocab_size)
+    if faults:
+        return Verdict(False, 0, faults)
+    if prefill.n != artifact.n:
+        raise ValueError(f"prefill covers {prefill.n} positions, the artifact has {artifact.n}")
+    request = artifact.request()
+    faults += _length_faults(artifact.output_ids, completion_tokens, request.max_tokens, eos_id)
+    if artifact.seed != seed:
+        faults.append(Fault(None, "seed", f"artifact seed {artifact.seed} != inference seed {seed}"))
+
+    resolved = ties = 0
+    for t in range(artifact.n):
+        fault, outcome = check_sampling(
+            t, prefill, int(artifact.output_ids[t]), request.sampling, seed, eos_id, vocab_size, thresholds.tie_eps
+        )
+        if fault:
+            faults.append(fault)
+        resolved += outcome == "resolved"
+        ties += outcome == "tie"
+
+    diffs, overlap = distribution_diffs(artifact, prefill)
+    for t in np.nonzero(diffs.max(axis=1) > thresholds.lp_max)[0]:
+        faults.append(Fault(int(t), "logprobs", f"top-k logprob off by {diffs[t].max():.4f} > {thresholds.lp_max}"))
+    unsorted = np.nonzero((np.diff(artifact.topk_logprobs, axis=1) > 0).any(axis=1))[0]
+    faults += [Fault(int(t), "logprobs", "top-k logprobs not in descending order") for t in unsorted]
+    lp_mean = float(diffs[:, : artifact.k].mean())
+    if lp_mean > thresholds.lp_mean:
+        faults.append(Fault(None, "distribution", f"mean top-k logprob difference {lp_mean:.4f} > {thresholds.lp_mean}"))
+
+    faults.sort(key=lambda f: (-1 if f.position is None else f.position, f.kind))
+    if any(f.position is None for f in faults):
+        score = 0
+    else:
+        bad = {f.position for f in faults if f.position < artifact.n}
+        score = MAX_SCORE * (artifact.n - len(bad)) // artifact.n
+        if any(f.position >= artifact.n for f in faults):  # truncation: the missing tail is bad
+            score = min(score, MAX_SCORE * artifact.n // request.max_tokens)
+    metrics = Metrics(artifact.n, resolved, ties, lp_mean, float(diffs.max()), overlap)
+    return Verdict(not faults, score, faults, metrics)
+
+
+def _length_faults(output_ids: np.ndarray, completion_tokens: int, max_tokens: int, eos_id: int) -> list[Fault]:
+    n = len(output_ids)
+    faults = []
+    if n != completion_tokens:
+        faults.append(Fault(None, "length", f"{n} output tokens but the chain records {completion_tokens}"))
+    eos_at = np.nonzero(output_ids[:-1] == eos_id)[0]
+    if eos_at.size:
+        faults.append(Fault(int(eos_at[0]) + 1, "after_eos", f"tokens follow the EOS at position {int(eos_at[0])}"))
+    elif output_ids[-1] != eos_id and n < max_tokens:
+        faults.append(Fault(n, "truncated", f"ends after {n} of max_tokens {max_tokens} tokens without EOS"))
+    return faults
+
+
+def check_sampling(
+    t: int,
+    prefill: PrefillScores,
+    x: int,
+    params: SamplingParams,
+    seed: int,
+    eos_id: int,
+    vocab_size: int,
+    tie_eps: float,
+) -> tuple[Fault | None, str]:
+    """Judge the executor's token x at output position t: (fault or None, outcome), where outcome
+    is "fault", "resolved", "tie" (accepted near-tie) or "unresolved"."""
+    ids = prefill.topk_ids[t]
+    lps = prefill.topk_logprobs[t].astype(np.float64)
+    lp_k = float(lps[-1])  # every token outside the top-K has at most this logprob
+    inside = np.nonzero(ids == x)[0]
+    if inside.size:
+        xi = int(inside[0])
+    else:
+        ids = np.append(ids, x)
+        lps = np.append(lps, float(prefill.token_logprobs[t]))
+        xi = len(ids) - 1
+
+    def accuse(kind: str, detail: str) -> tuple[Fault, str]:
+        if x == eos_id:
+            kind = "early_eos"
+        return Fault(t, kind, detail), "fault"
+
+    if params.greedy:
+        best = int(np.argmax(lps))
+        margin = float(lps[best] - lps[xi])
+        if margin > tie_eps:
+            kind = "missed_eos" if ids[best] == eos_id else "sampling"
+            return accuse(kind, f"token {x} is {margin:.4f} below the greedy choice {int(ids[best])}")
+        return None, "resolved" if best == xi else "tie"
+
+    temp = params.temperature
+    half = tie_eps / 2
+    n_out = vocab_size - len(ids)
+    tail = _tail_weight(lps, lp_k, n_out, temp, half, params.top_k)
+    status = _mask_status(lps, lp_k, n_out > 0, tail, params, half)
+    if status[xi] == _OUT:
+        return accuse("masked", f"token {x} is outside the top-k/top-p mask")
+    gumbel = np.array([noise.gumbel_scalar(seed, t, int(i)) for i in ids])
+    margins = (lps + temp * gumbel) - (lps[xi] + temp * gumbel[xi])  # T * (s_c - s_x)
+    margins[xi] = -math.inf
+    beaten_by = np.where(status == _IN, margins, -math.inf)
+    c = int(np.argmax(beaten_by))
+    if beaten_by[c] > tie_eps:
+        kind = "missed_eos" if ids[c] == eos_id else "sampling"
+        return accuse(kind, f"token {x} scores {beaten_by[c]:.4f} below token {int(ids[c])}")
+    closest = float(np.where(status != _OUT, margins, -math.inf).max())
+    if status[xi] != _IN or closest > tie_eps:
+        return None, "unresolved"
+    if n_out > 0 and _outsider_status(lps, lp_k, tail, status, params, half) != _OUT:
+        g = noise.gumbel_numpy(seed, t, vocab_size)
+        g[ids] = -math.inf
+        if lp_k + temp * float(g.max()) - (lps[xi] + temp * gumbel[xi]) > tie_eps:
+            return None, "unresolved"
+    return None, "tie" if closest > 0 else "resolved"
+
+
+def _tail_weight(lps: np.ndarray, lp_k: float, n_out: int, temp: float, half: float, top_k: int) -> float:
+    """Upper bound of sum(exp((lp_j + half) / T)) over the tokens outside the known set, relative to
+    exp(max(lps) / T). Known: each has lp_j <= lp_k, and together at most the mass the known set
+    leaves."""
+    if n_out <= 0:
+        return 0.0
+    if top_k:
+        n_out = min(n_out, top_k)
+    mass = max(0.0, 1.0 - float(np.exp(lps).sum()))
+    top = float(lps.max())
+    by_count = n_out * math.exp((lp_k - top) / temp)
+    if temp <= 1.0:
+        by_mass = mass * math.exp(lp_k * (1 / temp - 1) - top / temp)
+    else:
+        by_mass = n_out ** (1 - 1 / temp) * mass ** (1 / temp) * math.exp(-top / temp)
+    return min(by_count, by_mass) * math.exp(half / temp)
+
+
+def _mask_status(
+    lps: np.ndarray, lp_k: float, has_out: bool, tail: float, params: SamplingParams, half: float
+) -> np.ndarray:
+    """For each known candidate: surely masked (_OUT), surely kept (_IN) or undecided (_MAYBE),
+    for an executor whose logprobs differ from `lps` by at most `half` each."""
+    m = len(lps)
+    status = np.full(m, _IN)
+    if params.top_k:
+        others = ~np.eye(m, dtype=bool)
+        surely_above = ((lps[None, :] - lps[:, None] > 2 * half) & others).sum(axis=1)
+        could_above = ((lps[None, :] - lps[:, None] >= -2 * half) & others).sum(axis=1)
+        # tokens outside the known set may rank above c only if c is within reach of lp_k
+        could_above = could_above + np.where(has_out & (lp_k >= lps - 2 * half), params.top_k, 0)
+        status = np.where(
+            surely_above >= params.top_k, _OUT, np.where(could_above < params.top_k, _IN, _MAYBE)
+        )
+    if params.top_p < 1.0:
+        for c in range(m):
+            if status[c] != _OUT:
+                status[c] = min(status[c], _top_p_status(lps, lps[c], c, lp_k, has_out, tail, status, params, half))
+    return status
+
+
+def _outsider_status(lps, lp_k, tail, status, params: SamplingParams, half: float) -> int:
+    """The best any token outside the known set can do against the masks (its logprob <= lp_k)."""
+    if params.top_k and (lps - lp_k > 2 * half).sum() >= params.top_k:
+        return _OUT
+    if params.top_p < 1.0:
+        return _top_p_status(lps, lp_k, None, lp_k, True, tail, status, params, half)
+    return _MAYBE
+
+
+def _top_p_status(lps, lp_c, c, lp_k, has_out, tail, topk_status, params, half) -> int:
+    """Bounds on the mass ranked before candidate c (None = an outsider), after the top-k mask."""
+    temp = params.temperature
+    top = float(lps.max())
+    w_lo = np.exp((lps - half - top) / temp)
+    w_hi = np.exp((lps + half - top) / temp)
+    idx = np.arange(len(lps))
+    not_c = idx != c
+    could_above = not_c & (lps >= lp_c - 2 * half)
+    surely_above = not_c & (lps > lp_c + 2 * half)
+    kept = topk_status == _IN
+    maybe_kept = topk_status != _OUT
+    out_above = has_out and lp_k >= lp_c - 2 * half
+    a_hi = w_hi[could_above & maybe_kept].sum() + (tail if out_above else 0.0)
+    b_lo = w_lo[kept & ~could_above].sum()
+    a_lo = w_lo[surely_above & kept].sum()
+    b_hi = w_hi[~surely_above & maybe_kept].sum() + (tail if has_out else 0.0)
+    mass_hi = a_hi / (a_hi + b_lo) if a_hi + b_lo > 0 else 1.0
+    mass_lo = a_lo / (a_lo + b_hi) if a_lo + b_hi > 0 else 0.0
+    if mass_lo >= params.top_p:
+        return _OUT
+    return _IN if mass_hi < params.top_p else _MAYBE
+
+
+def distribution_diffs(artifact: Artifact, prefill: PrefillScores) -> tuple[np.ndarray, float]:
+    """Per position: |executor - validator| for each of the executor's k entries, plus one column
+    for the largest excess of a validator token that the executor left out of its top-k.
+    Both sides are clamped to the artifact's logprob floor. Also the mean id overlap."""
+    n, k = artifact.topk_ids.shape
+    diffs = np.zeros((n, k + 1))
+    overlap = 0.0
+    for t in range(n):
+        v_ids = prefill.topk_ids[t]
+        v_lps = np.maximum(prefill.topk_logprobs[t], LP_FLOOR)
+        floor_out = max(float(v_lps[-1]), LP_FLOOR)  # outside the validator's top-K
+        e_ids = artifact.topk_ids[t]
+        e_lps = artifact.topk_logprobs[t]
+        x = int(artifact.output_ids[t])
+        lookup = dict(zip(v_ids.tolist(), v_lps.tolist()))
+        lookup.setdefault(x, max(float(prefill.token_logprobs[t]), LP_FLOOR))
+        for j, (i, q) in enumerate(zip(e_ids.tolist(), e_lps.tolist())):
+            diffs[t, j] = abs(q - lookup[i]) if i in lookup else max(0.0, q - floor_out)
+        missing = ~np.isin(v_ids, e_ids)
+        if missing.any():
+            diffs[t, k] = max(0.0, float(v_lps[missing].max()) - float(e_lps.min()))
+        overlap += np.isin(e_ids, v_ids).mean()
+    return diffs, overlap / max(1, n)
