@@ -1,28 +1,31 @@
 # pragma version ~=0.4.3
-# pragma nonreentrancy on
+# pragma optimize codesize
 """
 @title Ledger
-@notice Client escrow and the inference ledger of the Nullius network.
+@notice Client escrow, the inference ledger, verdicts, disputes, epochs and rewards of Nullius.
 
-        Flow of one inference: a client deposits tokens in escrow and signs an EIP-712
-        `Inference` authorization whose digest is the inference id. Anyone (the gateway) calls
-        `start` with it: the Ledger checks the signature and recomputes the stake-weighted
-        executor draw with seed keccak(id ‖ blockhash(seed_block)), then moves max_tokens × price
-        from escrow to a lock. The executor calls `finish` with the answer's hashes and token
-        count: the unused part of the lock returns to escrow and the cost is held pending
-        validation. A later block's hash decides whether and by whom the inference is validated
-        (`validatorOf`); the assigned validator's verdict pays the executor or refunds the client
-        and slashes the executor. Without a verdict, anyone may `settle` after the window. A start
-        that is never finished can be `expire`d by anyone, refunding the lock.
+        One inference: a client deposits tokens and signs an EIP-712 `Inference` whose digest is
+        the inference id. Anyone (the gateway) calls `start`: the Ledger checks the signature,
+        recomputes the stake-weighted executor draw with seed keccak(id ‖ blockhash(seed_block))
+        and locks max_tokens × price. The executor calls `finish`: the cost is credited to its
+        account for the current epoch, the rest of the lock returns to escrow. A later block's hash
+        decides whether and by whom the inference is validated (`validatorsOf`). A passed verdict
+        moves a fee share to the validator's account; a failed one opens a dispute that a jury,
+        drawn with fresh randomness, decides by stake-weighted vote. Accounts are claimed once the
+        epoch's settlement delay is over, together with a share of the epoch's reward pool for the
+        eligible. A start never finished can be `expire`d by anyone.
 
-        Roles: none of its own. The executor and validator of each inference are fixed by the
-        draws; the Registry's gov wires this contract there. Epochs and juries come in a later
-        issue and hook in where a verdict is decided (`_decide`).
+        Storage: one slot per inference, the top 240 bits of keccak(abi_encode(Record)) with the
+        status and verdict flags in the low 16 bits. Callers pass the Record back (Python rebuilds
+        it from the Started, QuorumRequested and Finished events: agents/chain/records.py).
+
+        Roles: none of its own. Executors, validators and jurors are fixed by the draws; the
+        Registry's gov wires this contract there.
 
         Token conservation:
-        token.balanceOf(self) == totalEscrow + totalLocked + totalPending + totalEarned, where
-        totalLocked sums the locks of started inferences and totalPending the costs of finished
-        ones awaiting a verdict or settlement.
+        token.balanceOf(self) == totalEscrow + totalLocked + totalFees + totalPool, where
+        totalLocked sums the locks of started inferences, totalFees the unclaimed epoch accounts
+        and totalPool the unclaimed reward pools (funded by anyone, by forfeits and by slashes).
 """
 
 # ---------------------------------------------------------------- imports
@@ -45,24 +48,40 @@ BPS: constant(uint256) = 10_000
 # Validation probability at full reputation, in basis points (1%).
 MIN_VALIDATION_BPS: constant(uint256) = 100
 MAX_BATCH: constant(uint256) = 32
+# Extra validators a client may buy for one inference; validator slots are 1 + quorum.
+MAX_QUORUM: constant(uint256) = 3
+MAX_JURY: constant(uint256) = 5
+# The Registry's `drawDistinct` bound: validator slots and jurors.
+MAX_DRAWN: constant(uint256) = 5
 
 INFERENCE_TYPEHASH: constant(bytes32) = keccak256(
     "Inference(address client,bytes32 modelId,bytes32 requestHash,uint256 maxTokens,uint256 maxPrice,uint256 nonce,uint256 deadline)"
 )
 
-# Inference status, stored in 8 bits of `_head`; 0 is none.
+# Inference status, bits 0-3 of its slot; 0 is none.
 STARTED: constant(uint256) = 1
 FINISHED: constant(uint256) = 2
 VALIDATED: constant(uint256) = 3
 INVALIDATED: constant(uint256) = 4
-SETTLED: constant(uint256) = 5
+DISPUTED: constant(uint256) = 5
 EXPIRED: constant(uint256) = 6
+STATUS_MASK: constant(uint256) = 15
+# Bits 4-7: which validator slots submitted a verdict; bits 8-11: which of them passed.
+VOTED_SHIFT: constant(uint256) = 4
+PASSED_SHIFT: constant(uint256) = 8
+# Bit 12: a dispute was resolved; the inference is decided for good.
+JUDGED: constant(uint256) = 4096
+FLAGS_BITS: constant(uint256) = 16
 
-MASK_8: constant(uint256) = 2**8 - 1
-MASK_16: constant(uint256) = 2**16 - 1
-MASK_32: constant(uint256) = 2**32 - 1
-MASK_64: constant(uint256) = 2**64 - 1
-MASK_160: constant(uint256) = 2**160 - 1
+# Account flags.
+INELIGIBLE: constant(uint256) = 1
+FORFEITED: constant(uint256) = 2
+CLAIMED: constant(uint256) = 4
+
+# Reasons in `Ineligible`.
+REASON_INVALIDATED: constant(uint256) = 1
+REASON_LAZY: constant(uint256) = 2
+REASON_EXPIRED: constant(uint256) = 3
 
 
 # ---------------------------------------------------------------- immutables
@@ -71,18 +90,42 @@ MASK_160: constant(uint256) = 2**160 - 1
 token: public(immutable(IERC20))
 # The Registry: models, prices, stake, draws and reputation.
 registry: public(immutable(IRegistry))
-# Blocks after a finish during which the assigned validator may submit a verdict; also the
+# Blocks after a finish during which the assigned validators may submit verdicts; also the
 # seconds after a deadline before an unfinished start may be expired.
 validation_window: public(immutable(uint256))
+# Blocks after the jury is drawn during which jurors may vote.
+jury_window: public(immutable(uint256))
+# Jurors drawn per dispute (fewer when the model has fewer other participants).
+jury_size: public(immutable(uint256))
+# Blocks per epoch; epoch 0 starts at `genesis_block`.
+epoch_length: public(immutable(uint256))
+# Blocks after an epoch's end before its accounts may be claimed.
+settlement_delay: public(immutable(uint256))
 # Reputation at which the validation probability reaches its floor of 1%.
 max_reputation: public(immutable(uint256))
-# Share of the executor's stake slashed by a failed verdict, in basis points.
+# Share of an invalidated executor's stake slashed, in basis points.
 slash_bps: public(immutable(uint256))
-# Share of the cost paid to the validator of a passed verdict, in basis points.
+# Share of the cost paid to each validator, in basis points.
 validator_fee_bps: public(immutable(uint256))
+# Share of a wrong accuser's stake slashed, in basis points.
+accuser_penalty_bps: public(immutable(uint256))
+# The block this contract was deployed in: the start of epoch 0.
+genesis_block: public(immutable(uint256))
 
 
 # ---------------------------------------------------------------- structs
+
+struct Params:
+    validation_window: uint256
+    jury_window: uint256
+    jury_size: uint256
+    epoch_length: uint256
+    settlement_delay: uint256
+    max_reputation: uint256
+    slash_bps: uint256
+    validator_fee_bps: uint256
+    accuser_penalty_bps: uint256
+
 
 struct StartArgs:
     client: address
@@ -97,38 +140,62 @@ struct StartArgs:
     executor: address
 
 
-struct FinishArgs:
+# An inference as the caller passes it back; hashed into the inference's slot.
+struct Record:
     inference_id: bytes32
+    client: address
+    executor: address
+    model_id: bytes32
+    price: uint256
+    max_tokens: uint256
+    deadline: uint256
+    quorum: uint256
+    completion_tokens: uint256
+    finish_block: uint256
+    p_bps: uint256
+
+
+struct FinishArgs:
+    record: Record
     response_hash: bytes32
     artifact_digest: bytes32
     completion_tokens: uint32
 
 
-# The decoded packed record, in memory only.
-struct Record:
-    client: address
+struct InferenceState:
     status: uint256
-    max_tokens: uint256
-    completion_tokens: uint256
-    p_bps: uint256
-    executor: address
-    price: uint256
-    deadline: uint256
-    finish_block: uint256
+    record_hash: bytes32
+    voted_mask: uint256
+    passed_mask: uint256
 
 
-struct Inference:
-    status: uint256
-    client: address
+# A participant's account for one epoch.
+struct Account:
+    fees: uint256
+    weight: uint256
+    validations: uint256
+    flags: uint256
+
+
+struct Epoch:
+    pool: uint256
+    eligible_weight: uint256
+    open_disputes: uint256
+
+
+struct Dispute:
     executor: address
+    accuser: address
     model_id: bytes32
-    request_hash: bytes32
-    lock: uint256
-    cost: uint256
-    finish_block: uint256
-    response_hash: bytes32
-    artifact_digest: bytes32
-    completion_tokens: uint256
+    opened_block: uint256
+    epoch: uint256
+    votes_valid: uint256
+    votes_invalid: uint256
+    validators: DynArray[address, MAX_DRAWN]
+    jury: DynArray[address, MAX_DRAWN]
+    seated: bool
+    voted_mask: uint256
+    open: bool
 
 
 struct Stats:
@@ -145,34 +212,26 @@ struct ClientStats:
 
 # ---------------------------------------------------------------- storage
 
-# Per inference, packed: client (bits 0-159) | status (160-167) | max_tokens (168-199)
-# | completion_tokens (200-231) | validation probability in bps, fixed at finish (232-247).
-_head: HashMap[bytes32, uint256]
-# Per inference, packed: executor (bits 0-159) | price per token at start (160-255).
-_terms: HashMap[bytes32, uint256]
-# Per inference, packed: deadline (bits 0-63) | finish block (64-127).
-_times: HashMap[bytes32, uint256]
-# Per inference: the model it runs.
-_model_of: HashMap[bytes32, bytes32]
-# Per inference: keccak of the canonical request JSON.
-_request_hash: HashMap[bytes32, bytes32]
-# Per inference: keccak of the answer text, set at finish.
-_response_hash: HashMap[bytes32, bytes32]
-# Per inference: sha256 of the artifact bytes, set at finish.
-_artifact_digest: HashMap[bytes32, bytes32]
-
+# Per inference: top 240 bits of keccak(abi_encode(Record)) | flags (bits 0-15).
+_slots: HashMap[bytes32, uint256]
+# Per inference with a dispute opened; the jury is seated by the first vote or the resolution.
+disputes: public(HashMap[bytes32, Dispute])
 # Tokens each client holds in escrow, free to lock or withdraw.
 escrowOf: public(HashMap[address, uint256])
-# Tokens each participant has earned and may claim.
-earnedOf: public(HashMap[address, uint256])
+# Each participant's account per epoch; flags: 1 ineligible, 2 forfeited, 4 claimed.
+accounts: public(HashMap[address, HashMap[uint256, Account]])
+# Each epoch's reward pool, eligible weight and open disputes.
+epochs: public(HashMap[uint256, Epoch])
+# Open disputes naming a participant as executor or accuser; the Registry holds its stake till 0.
+pendingJudgements: public(HashMap[address, uint256])
 # Sum of escrowOf.
 totalEscrow: public(uint256)
-# Sum of the locks of started inferences.
+# Sum of the locks (and quorum locks) of started inferences.
 totalLocked: public(uint256)
-# Sum of the costs of finished inferences awaiting a verdict or settlement.
-totalPending: public(uint256)
-# Sum of earnedOf.
-totalEarned: public(uint256)
+# Sum of the unclaimed accounts' fees.
+totalFees: public(uint256)
+# Sum of the unclaimed reward pools.
+totalPool: public(uint256)
 # Per participant counters for dashboards.
 _stats: HashMap[address, Stats]
 # Per client counters for dashboards.
@@ -195,7 +254,15 @@ event Started:
     executor: indexed(address)
     model_id: bytes32
     request_hash: bytes32
-    lock: uint256
+    price: uint256
+    max_tokens: uint256
+    deadline: uint256
+
+event QuorumRequested:
+    inference_id: indexed(bytes32)
+    extra: uint256
+    quorum: uint256
+    locked: uint256
 
 event Finished:
     inference_id: indexed(bytes32)
@@ -204,6 +271,7 @@ event Finished:
     artifact_digest: bytes32
     completion_tokens: uint256
     cost: uint256
+    p_bps: uint256
 
 event Validated:
     inference_id: indexed(bytes32)
@@ -211,60 +279,101 @@ event Validated:
     passed: bool
     score: uint256
 
-event Paid:
+event DisputeOpened:
     inference_id: indexed(bytes32)
     executor: indexed(address)
-    validator: indexed(address)
-    executor_amount: uint256
-    validator_fee: uint256
+    accuser: indexed(address)
+    deadline: uint256
+
+event Voted:
+    inference_id: indexed(bytes32)
+    juror: indexed(address)
+    valid: bool
+    weight: uint256
+
+event DisputeResolved:
+    inference_id: indexed(bytes32)
+    invalid: bool
+    votes_valid: uint256
+    votes_invalid: uint256
 
 event Refunded:
     inference_id: indexed(bytes32)
     client: indexed(address)
     amount: uint256
 
+event Ineligible:
+    participant: indexed(address)
+    epoch: indexed(uint256)
+    reason: uint256
+
+event RewardFunded:
+    epoch: indexed(uint256)
+    funder: indexed(address)
+    amount: uint256
+
 event Claimed:
     participant: indexed(address)
+    epoch: indexed(uint256)
+    fees: uint256
+    reward: uint256
+
+event Forfeited:
+    participant: indexed(address)
+    epoch: uint256
+    amount: uint256
+
+event RolledOver:
+    from_epoch: uint256
+    to_epoch: uint256
     amount: uint256
 
 
 # ---------------------------------------------------------------- constructor
 
 @deploy
-def __init__(
-    token_: IERC20,
-    registry_: IRegistry,
-    validation_window_: uint256,
-    max_reputation_: uint256,
-    slash_bps_: uint256,
-    validator_fee_bps_: uint256,
-):
+def __init__(token_: IERC20, registry_: IRegistry, p: Params):
     """
     @param token_ The payment ERC-20 (the Registry's token).
     @param registry_ The Registry.
-    @param validation_window_ Blocks for a verdict after a finish, 2 to 256 so that the
-           assignment's block hash stays readable for the whole window.
-    @param max_reputation_ Reputation at which validation probability reaches 1%.
-    @param slash_bps_ Share of stake slashed by a failed verdict.
-    @param validator_fee_bps_ Share of the cost paid to the validator of a passed verdict.
+    @param p Windows and epochs in blocks, shares in basis points (docs/protocol.md section 2).
     """
     assert token_.address != empty(address), "ledger: zero token"
     assert registry_.address != empty(address), "ledger: zero registry"
-    assert validation_window_ >= 2 and validation_window_ <= 256, "ledger: window out of range"
-    assert max_reputation_ > 0, "ledger: zero max reputation"
-    assert slash_bps_ <= BPS and validator_fee_bps_ <= BPS, "ledger: bps above 10000"
+    # The assignment's block hash must stay readable for the whole window.
+    assert p.validation_window >= 2 and p.validation_window <= 256, "ledger: window out of range"
+    assert p.jury_size >= 1 and p.jury_size <= MAX_JURY and p.jury_window >= 1 and p.jury_window <= 250, (
+        "ledger: jury out of range"
+    )
+    assert p.epoch_length > 0, "ledger: zero epoch length"
+    # Every verdict and dispute of an epoch ends before its claims open.
+    judged_within: uint256 = p.validation_window + p.jury_window + 2
+    assert p.settlement_delay > judged_within, "ledger: settlement too short"
+    # Nobody can withdraw stake before a dispute about its last inference could have opened.
+    assert staticcall registry_.unbonding_blocks() > judged_within, "ledger: unbonding too short"
+    assert p.max_reputation > 0, "ledger: zero max reputation"
+    assert p.slash_bps <= BPS and p.validator_fee_bps <= BPS and p.accuser_penalty_bps <= BPS, (
+        "ledger: bps above 10000"
+    )
     token = token_
     registry = registry_
-    validation_window = validation_window_
-    max_reputation = max_reputation_
-    slash_bps = slash_bps_
-    validator_fee_bps = validator_fee_bps_
+    validation_window = p.validation_window
+    jury_window = p.jury_window
+    jury_size = p.jury_size
+    epoch_length = p.epoch_length
+    settlement_delay = p.settlement_delay
+    max_reputation = p.max_reputation
+    slash_bps = p.slash_bps
+    validator_fee_bps = p.validator_fee_bps
+    accuser_penalty_bps = p.accuser_penalty_bps
+    genesis_block = block.number
     eip712_domain_separator.__init__("Nullius", "1")
 
 
-# ---------------------------------------------------------------- escrow
+# ---------------------------------------------------------------- escrow and rewards
 
 @external
+@nonreentrant
 def deposit(amount: uint256):
     """
     @notice Moves `amount` tokens from the caller into its escrow.
@@ -273,13 +382,12 @@ def deposit(amount: uint256):
     assert amount > 0, "ledger: zero amount"
     self.escrowOf[msg.sender] += amount
     self.totalEscrow += amount
-    assert extcall token.transferFrom(msg.sender, self, amount, default_return_value=True), (
-        "ledger: transfer failed"
-    )
+    self._pull(amount)
     log Deposited(client=msg.sender, amount=amount)
 
 
 @external
+@nonreentrant
 def withdraw(amount: uint256):
     """
     @notice Returns `amount` of the caller's free escrow.
@@ -294,16 +402,75 @@ def withdraw(amount: uint256):
 
 
 @external
-def claim():
+@nonreentrant
+def fundRewards(first_epoch: uint256, epochs: uint256, amount_per_epoch: uint256):
     """
-    @notice Sends the caller everything it has earned as executor and validator.
+    @notice Adds `amount_per_epoch` to the reward pool of each of `epochs` epochs from
+            `first_epoch` on, pulling the total from the caller.
+    @param first_epoch The first epoch funded: the current one or later.
+    @param epochs How many consecutive epochs.
+    @param amount_per_epoch Token base units per epoch; needs an allowance for the total.
     """
-    amount: uint256 = self.earnedOf[msg.sender]
-    assert amount > 0, "ledger: nothing to claim"
-    self.earnedOf[msg.sender] = 0
-    self.totalEarned -= amount
-    self._send(msg.sender, amount)
-    log Claimed(participant=msg.sender, amount=amount)
+    assert first_epoch >= self._epoch_of(block.number), "ledger: epoch closed"
+    assert epochs > 0 and amount_per_epoch > 0, "ledger: zero amount"
+    assert epochs <= 1024, "ledger: too many epochs"
+    for i: uint256 in range(epochs, bound=1024):
+        self.epochs[first_epoch + i].pool += amount_per_epoch
+        log RewardFunded(epoch=first_epoch + i, funder=msg.sender, amount=amount_per_epoch)
+    self.totalPool += epochs * amount_per_epoch
+    self._pull(epochs * amount_per_epoch)
+
+
+@external
+@nonreentrant
+def claim(participant: address, epoch: uint256):
+    """
+    @notice Settles a participant's account for a settled epoch: its fees and, if it was eligible,
+            pool × weight / eligible weight go to it; a forfeited account goes to the next open
+            epoch's pool. Anyone may call it. A clean epoch raises reputation by one.
+    @param participant The account's owner, who receives the tokens.
+    @param epoch The epoch.
+    """
+    self._check_settled(epoch)
+    acct: Account = self.accounts[participant][epoch]
+    assert acct.flags & CLAIMED == 0, "ledger: already claimed"
+    reward: uint256 = self._reward(acct, epoch)
+    assert acct.fees + reward > 0, "ledger: nothing to claim"
+    self.accounts[participant][epoch].flags = acct.flags | CLAIMED
+    self.accounts[participant][epoch].fees = 0
+    self.totalFees -= acct.fees
+    self.totalPool -= reward
+    paid: uint256 = reward
+    if acct.flags & FORFEITED != 0:
+        to_epoch: uint256 = self._epoch_of(block.number) + 1
+        self.epochs[to_epoch].pool += acct.fees
+        self.totalPool += acct.fees
+        log Forfeited(participant=participant, epoch=epoch, amount=acct.fees)
+        acct.fees = 0
+    paid += acct.fees
+    self._stats[participant].fees_earned += paid
+    if acct.flags & INELIGIBLE == 0 and acct.weight > 0:
+        rep: uint256 = staticcall registry.reputationOf(participant)
+        if rep < max_reputation:
+            extcall registry.setReputation(participant, rep + 1)
+    if paid > 0:
+        self._send(participant, paid)
+    log Claimed(participant=participant, epoch=epoch, fees=acct.fees, reward=reward)
+
+
+@external
+def rollover(epoch: uint256):
+    """
+    @notice Passes the pool of a settled epoch that nobody was eligible for to the next open epoch.
+    @param epoch The settled epoch.
+    """
+    self._check_settled(epoch)
+    amount: uint256 = self.epochs[epoch].pool
+    assert amount > 0 and self.epochs[epoch].eligible_weight == 0, "ledger: nothing to roll"
+    to_epoch: uint256 = self._epoch_of(block.number) + 1
+    self.epochs[epoch].pool = 0
+    self.epochs[to_epoch].pool += amount
+    log RolledOver(from_epoch=epoch, to_epoch=to_epoch, amount=amount)
 
 
 # ---------------------------------------------------------------- inference lifecycle
@@ -329,11 +496,36 @@ def startBatch(args: DynArray[StartArgs, MAX_BATCH]):
 
 
 @external
+def requestQuorum(record: Record, extra: uint256):
+    """
+    @notice The client buys `extra` more validators for a started inference; it is then always
+            validated, by 1 + quorum distinct validators, each paid the validator fee.
+    @param record The inference's record.
+    @param extra How many validators to add.
+    """
+    r: Record = record
+    flags: uint256 = self._flags(r)
+    assert flags & STATUS_MASK == STARTED, "ledger: not started"
+    assert msg.sender == r.client, "ledger: not client"
+    assert extra > 0, "ledger: zero amount"
+    quorum: uint256 = r.quorum + extra
+    assert quorum <= MAX_QUORUM, "ledger: quorum too large"
+    amount: uint256 = extra * self._fee(r.max_tokens * r.price)
+    assert self.escrowOf[r.client] >= amount, "ledger: insufficient escrow"
+    self.escrowOf[r.client] -= amount
+    self.totalEscrow -= amount
+    self.totalLocked += amount
+    r.quorum = quorum
+    self._slots[r.inference_id] = self._pack(r, flags)
+    log QuorumRequested(inference_id=r.inference_id, extra=extra, quorum=quorum, locked=amount)
+
+
+@external
 def finish(f: FinishArgs):
     """
-    @notice The executor reports its answer: cost = completion_tokens × price is held pending
-            validation and the rest of the lock returns to the client's escrow.
-    @param f The inference id, the answer's hashes and the output token count.
+    @notice The executor reports its answer: cost = completion_tokens × price (plus the quorum's
+            fees) goes to its account for this epoch, the rest of the locks to the client's escrow.
+    @param f The record, the answer's hashes and the output token count.
     """
     self._finish(f)
 
@@ -349,131 +541,217 @@ def finishBatch(args: DynArray[FinishArgs, MAX_BATCH]):
 
 
 @external
-def submitValidation(inference_id: bytes32, passed: bool, score: uint256):
+def submitValidation(r: Record, passed: bool, score: uint256):
     """
-    @notice The assigned validator's verdict. Passed: the executor is paid (less the validator's
-            fee) and gains reputation. Failed: the client is refunded the cost, the executor's
-            reputation drops to 0 and `slash_bps` of its stake is slashed.
-    @param inference_id The inference.
+    @notice An assigned validator's verdict. Passed: the validator fee moves from the executor's
+            account to the validator's. Failed: a dispute opens, unless one is open already.
+    @param r The inference's record.
     @param passed Whether the artifact passed validation.
     @param score The validator's score, logged for calibration.
     """
-    r: Record = self._load(inference_id)
-    self._check_decidable(r)
+    flags: uint256 = self._flags(r)
+    status: uint256 = flags & STATUS_MASK
+    assert status >= FINISHED and status != EXPIRED, "ledger: not finished"
+    assert flags & JUDGED == 0 and status != INVALIDATED, "ledger: already decided"
     assert block.number > r.finish_block + 1, "ledger: assignment pending"
     assert block.number <= r.finish_block + validation_window, "ledger: validation window closed"
-    assert msg.sender == self._assigned_validator(inference_id, r), "ledger: not assigned validator"
+    slot: uint256 = self._slot_of(self._validators(r), msg.sender)
+    assert slot <= MAX_QUORUM, "ledger: not assigned validator"
+    bit: uint256 = 1 << (VOTED_SHIFT + slot)
+    assert flags & bit == 0, "ledger: already submitted"
+    flags |= bit
+    e: uint256 = self._epoch_of(r.finish_block)
+    self.accounts[msg.sender][e].validations += 1
     self._stats[msg.sender].validations += 1
-    log Validated(inference_id=inference_id, validator=msg.sender, passed=passed, score=score)
+    log Validated(inference_id=r.inference_id, validator=msg.sender, passed=passed, score=score)
     if passed:
-        rep: uint256 = staticcall registry.reputationOf(r.executor)
-        if rep < max_reputation:
-            extcall registry.setReputation(r.executor, rep + 1)
-        self._pay(inference_id, r, VALIDATED, msg.sender)
+        flags |= 1 << (PASSED_SHIFT + slot)
+        fee: uint256 = self._fee(r.completion_tokens * r.price)
+        self.accounts[r.executor][e].fees -= fee
+        self.accounts[msg.sender][e].fees += fee
+        if status == FINISHED:
+            flags = (flags & ~STATUS_MASK) | VALIDATED
+    elif status != DISPUTED:
+        flags = (flags & ~STATUS_MASK) | DISPUTED
+        self._open_dispute(r, e)
+    self._slots[r.inference_id] = (self._slots[r.inference_id] >> FLAGS_BITS << FLAGS_BITS) | flags
+
+
+@external
+def vote(inference_id: bytes32, valid: bool):
+    """
+    @notice A juror's vote on a disputed inference, weighted by its stake.
+    @param inference_id The disputed inference.
+    @param valid Whether the juror found the executor's answer valid.
+    """
+    d: Dispute = self.disputes[inference_id]
+    assert d.open, "ledger: no dispute"
+    assert block.number > d.opened_block + 1, "ledger: jury pending"
+    assert block.number <= d.opened_block + 1 + jury_window, "ledger: voting closed"
+    jury: DynArray[address, MAX_DRAWN] = self._seat(inference_id, d)
+    index: uint256 = MAX_JURY
+    for i: uint256 in range(MAX_JURY):
+        if i >= len(jury):
+            break
+        if jury[i] == msg.sender:
+            index = i
+    assert index < MAX_JURY, "ledger: not juror"
+    assert d.voted_mask & (1 << index) == 0, "ledger: already voted"
+    weight: uint256 = staticcall registry.stakeOf(msg.sender)
+    self.disputes[inference_id].voted_mask = d.voted_mask | (1 << index)
+    if valid:
+        self.disputes[inference_id].votes_valid = d.votes_valid + weight
     else:
-        self._reject(inference_id, r)
+        self.disputes[inference_id].votes_invalid = d.votes_invalid + weight
+    log Voted(inference_id=inference_id, juror=msg.sender, valid=valid, weight=weight)
 
 
 @external
-def settle(inference_id: bytes32):
+def resolve(r: Record):
     """
-    @notice Pays the executor for a finished inference that got no verdict within the window.
-    @param inference_id The inference.
+    @notice Ends a dispute after its deadline, or once every juror voted. Invalid iff the stake
+            voting invalid exceeds the stake voting valid; with no votes or a tie the executor is
+            presumed valid and the accuser is not penalized. Jurors who did not vote are lazy.
+    @param r The disputed inference's record.
     """
-    self._settle(inference_id)
+    flags: uint256 = self._flags(r)
+    d: Dispute = self.disputes[r.inference_id]
+    assert d.open, "ledger: no dispute"
+    jury: DynArray[address, MAX_DRAWN] = empty(DynArray[address, MAX_DRAWN])
+    if block.number > d.opened_block + 1:
+        jury = self._seat(r.inference_id, d)
+    everyone: bool = len(jury) > 0 and d.voted_mask == (1 << len(jury)) - 1
+    assert everyone or block.number > d.opened_block + 1 + jury_window, "ledger: voting open"
+    for i: uint256 in range(MAX_JURY):
+        if i >= len(jury):
+            break
+        if d.voted_mask & (1 << i) == 0:
+            self._mark(jury[i], d.epoch, REASON_LAZY)
+    self.disputes[r.inference_id].open = False
+    self.epochs[d.epoch].open_disputes -= 1
+    self.pendingJudgements[d.executor] -= 1
+    self.pendingJudgements[d.accuser] -= 1
+    invalid: bool = d.votes_invalid > d.votes_valid
+    if invalid:
+        self._invalidate(r, flags, d)
+        flags = (flags & ~STATUS_MASK) | INVALIDATED
+    else:
+        if d.votes_valid > d.votes_invalid:
+            self._penalize_accuser(d.accuser)
+        flags = (flags & ~STATUS_MASK) | VALIDATED
+    self._slots[r.inference_id] = (self._slots[r.inference_id] >> FLAGS_BITS << FLAGS_BITS) | flags | JUDGED
+    log DisputeResolved(
+        inference_id=r.inference_id, invalid=invalid, votes_valid=d.votes_valid, votes_invalid=d.votes_invalid
+    )
 
 
 @external
-def settleBatch(ids: DynArray[bytes32, MAX_BATCH]):
+def expire(r: Record):
     """
-    @notice `settle` for many inferences in one transaction; all or none.
-    @param ids The inferences.
+    @notice Refunds the locks of an inference never finished, once `validation_window` seconds
+            have passed after its deadline; its executor loses the current epoch's reward.
+    @param r The inference's record.
     """
-    for inference_id: bytes32 in ids:
-        self._settle(inference_id)
+    self._expire(r)
 
 
 @external
-def expire(inference_id: bytes32):
+def expireBatch(records: DynArray[Record, MAX_BATCH]):
     """
-    @notice Refunds the lock of an inference never finished, once `validation_window` seconds
-            have passed after its deadline.
-    @param inference_id The inference.
+    @notice `expire` for many inferences in one transaction; all or none.
+    @param records The records.
     """
-    r: Record = self._load(inference_id)
-    assert r.status == STARTED, "ledger: not started"
-    assert block.timestamp > r.deadline + validation_window, "ledger: not expired"
-    lock: uint256 = r.max_tokens * r.price
-    r.status = EXPIRED
-    self._store_head(inference_id, r)
-    self.totalLocked -= lock
-    self.escrowOf[r.client] += lock
-    self.totalEscrow += lock
-    self._client_stats[r.client].refunded += lock
-    log Refunded(inference_id=inference_id, client=r.client, amount=lock)
+    for r: Record in records:
+        self._expire(r)
+
+
+@external
+def reportLazy(r: Record):
+    """
+    @notice After the validation window of a finished inference, and before its epoch settles,
+            makes every assigned validator that submitted nothing ineligible for that epoch.
+    @param r The inference's record.
+    """
+    flags: uint256 = self._flags(r)
+    status: uint256 = flags & STATUS_MASK
+    assert status >= FINISHED and status != EXPIRED, "ledger: not finished"
+    assert block.number > r.finish_block + validation_window, "ledger: window open"
+    e: uint256 = self._epoch_of(r.finish_block)
+    assert block.number < self._claim_block(e), "ledger: epoch settled"
+    validators: DynArray[address, MAX_DRAWN] = self._validators(r)
+    lazy: uint256 = 0
+    for i: uint256 in range(MAX_QUORUM + 1):
+        if i >= len(validators):
+            break
+        if flags & (1 << (VOTED_SHIFT + i)) == 0 and self._mark(validators[i], e, REASON_LAZY):
+            lazy += 1
+    assert lazy > 0, "ledger: nobody lazy"
 
 
 # ---------------------------------------------------------------- views
 
 @external
 @view
-def validatorOf(inference_id: bytes32) -> address:
+def stateOf(inference_id: bytes32) -> InferenceState:
     """
-    @notice Who must validate a finished inference. rand = keccak(id ‖ blockhash(finish_block + 1));
-            validated iff rand % 10000 < p_bps, with p_bps = 10000 - 9900 × reputation /
-            max_reputation taken at finish; then drawValidator(model, keccak(rand), executor).
+    @notice An inference's status (0 none, 1 started, 2 finished, 3 validated, 4 invalidated,
+            5 disputed, 6 expired), its record hash (low 16 bits zero) and verdict masks.
     @param inference_id The inference.
-    @return address The validator; empty when the inference is not validated.
+    @return InferenceState (status, record_hash, voted_mask, passed_mask).
     """
-    r: Record = self._load(inference_id)
-    assert r.status >= FINISHED and r.status != EXPIRED, "ledger: not finished"
-    assert block.number > r.finish_block + 1, "ledger: assignment pending"
-    return self._assigned_validator(inference_id, r)
-
-
-@external
-@view
-def inference(inference_id: bytes32) -> Inference:
-    """
-    @notice An inference's record; status 0 none, 1 started, 2 finished, 3 validated,
-            4 invalidated, 5 settled, 6 expired.
-    @param inference_id The inference.
-    @return Inference (status, client, executor, model_id, request_hash, lock, cost,
-            finish_block, response_hash, artifact_digest, completion_tokens).
-    """
-    r: Record = self._load(inference_id)
-    return Inference(
-        status=r.status,
-        client=r.client,
-        executor=r.executor,
-        model_id=self._model_of[inference_id],
-        request_hash=self._request_hash[inference_id],
-        lock=r.max_tokens * r.price,
-        cost=r.completion_tokens * r.price,
-        finish_block=r.finish_block,
-        response_hash=self._response_hash[inference_id],
-        artifact_digest=self._artifact_digest[inference_id],
-        completion_tokens=r.completion_tokens,
+    s: uint256 = self._slots[inference_id]
+    return InferenceState(
+        status=s & STATUS_MASK,
+        record_hash=convert(s >> FLAGS_BITS << FLAGS_BITS, bytes32),
+        voted_mask=(s >> VOTED_SHIFT) & 15,
+        passed_mask=(s >> PASSED_SHIFT) & 15,
     )
 
 
 @external
 @view
-def deadlineOf(inference_id: bytes32) -> uint256:
+def validatorsOf(r: Record) -> DynArray[address, MAX_DRAWN]:
     """
-    @notice The signed deadline of a started inference, which keepers need to expire it.
-    @param inference_id The inference.
-    @return uint256 Unix seconds; 0 when unknown.
+    @notice Who must validate a finished inference. rand = keccak(id ‖ blockhash(finish_block + 1));
+            validated iff quorum > 0 or rand % 10000 < p_bps; then 1 + quorum validators by
+            registry.drawDistinct(model, rand, [executor], 1 + quorum).
+    @param r The inference's record.
+    @return DynArray The validators; empty when the inference is not validated.
     """
-    return self._times[inference_id] & MASK_64
+    flags: uint256 = self._flags(r)
+    assert flags & STATUS_MASK >= FINISHED and flags & STATUS_MASK != EXPIRED, "ledger: not finished"
+    assert block.number > r.finish_block + 1, "ledger: assignment pending"
+    return self._validators(r)
+
+
+@external
+@view
+def claimBlock(e: uint256) -> uint256:
+    """
+    @notice The first block at which an epoch's accounts may be claimed.
+    @param e The epoch.
+    @return uint256 genesis_block + (e + 1) × epoch_length + settlement_delay.
+    """
+    return self._claim_block(e)
+
+
+@external
+@view
+def epochOf(block_number: uint256) -> uint256:
+    """
+    @notice The epoch a block belongs to.
+    @param block_number A block at or after `genesis_block`.
+    @return uint256 The epoch.
+    """
+    return self._epoch_of(block_number)
 
 
 @external
 @view
 def stats(participant: address) -> Stats:
     """
-    @notice A participant's counters: inferences served (finished), verdicts submitted,
-            inferences of its own invalidated, and tokens earned.
+    @notice A participant's counters: inferences finished, verdicts submitted, inferences of its
+            own invalidated, and tokens claimed.
     @param participant The participant.
     @return Stats (served, validations, invalidated, fees_earned).
     """
@@ -484,8 +762,8 @@ def stats(participant: address) -> Stats:
 @view
 def clientStats(client: address) -> ClientStats:
     """
-    @notice A client's counters: tokens paid for inferences and tokens refunded (failed verdicts
-            and expiries).
+    @notice A client's counters: tokens charged at finish and tokens refunded (invalidations and
+            expiries).
     @param client The client.
     @return ClientStats (spent, refunded).
     """
@@ -519,7 +797,7 @@ def _start(a: StartArgs):
     assert signature_checker._is_valid_signature_now(a.client, inference_id, a.signature), (
         "ledger: bad signature"
     )
-    assert self._head[inference_id] == 0, "ledger: already started"
+    assert self._slots[inference_id] == 0, "ledger: already started"
     assert a.seed_block < block.number and a.seed_block + 256 >= block.number, "ledger: stale seed block"
     seed: bytes32 = keccak256(concat(inference_id, blockhash(a.seed_block)))
     drawn: address = staticcall registry.drawExecutor(a.model_id, seed)
@@ -530,155 +808,285 @@ def _start(a: StartArgs):
     self.escrowOf[a.client] -= lock
     self.totalEscrow -= lock
     self.totalLocked += lock
-    r: Record = empty(Record)
-    r.client = a.client
-    r.status = STARTED
-    r.max_tokens = convert(a.max_tokens, uint256)
-    self._store_head(inference_id, r)
-    self._terms[inference_id] = convert(a.executor, uint256) | (price << 160)
-    self._times[inference_id] = convert(a.deadline, uint256)
-    self._model_of[inference_id] = a.model_id
-    self._request_hash[inference_id] = a.request_hash
+    r: Record = Record(
+        inference_id=inference_id,
+        client=a.client,
+        executor=a.executor,
+        model_id=a.model_id,
+        price=price,
+        max_tokens=convert(a.max_tokens, uint256),
+        deadline=convert(a.deadline, uint256),
+        quorum=0,
+        completion_tokens=0,
+        finish_block=0,
+        p_bps=0,
+    )
+    self._slots[inference_id] = self._pack(r, STARTED)
     log Started(
         inference_id=inference_id,
         client=a.client,
         executor=a.executor,
         model_id=a.model_id,
         request_hash=a.request_hash,
-        lock=lock,
+        price=price,
+        max_tokens=r.max_tokens,
+        deadline=r.deadline,
     )
 
 
 @internal
 def _finish(f: FinishArgs):
-    r: Record = self._load(f.inference_id)
-    assert r.status == STARTED, "ledger: not started"
+    r: Record = f.record
+    assert self._flags(r) & STATUS_MASK == STARTED, "ledger: not started"
     assert msg.sender == r.executor, "ledger: not executor"
-    assert convert(f.completion_tokens, uint256) <= r.max_tokens, "ledger: too many tokens"
+    tokens: uint256 = convert(f.completion_tokens, uint256)
+    assert tokens <= r.max_tokens, "ledger: too many tokens"
     lock: uint256 = r.max_tokens * r.price
-    cost: uint256 = convert(f.completion_tokens, uint256) * r.price
-    self.totalLocked -= lock
-    self.totalPending += cost
-    self.escrowOf[r.client] += lock - cost
-    self.totalEscrow += lock - cost
+    cost: uint256 = tokens * r.price
+    # The client paid for `quorum` more validators: their fees go to the executor's account,
+    # from which every validator of this inference is paid as it passes it.
+    quorum_lock: uint256 = r.quorum * self._fee(lock)
+    quorum_fee: uint256 = r.quorum * self._fee(cost)
+    back: uint256 = lock - cost + quorum_lock - quorum_fee
+    self.totalLocked -= lock + quorum_lock
+    self.escrowOf[r.client] += back
+    self.totalEscrow += back
+    self.totalFees += cost + quorum_fee
+    e: uint256 = self._epoch_of(block.number)
+    self.accounts[r.executor][e].fees += cost + quorum_fee
+    self.accounts[r.executor][e].weight += cost
+    if self.accounts[r.executor][e].flags & INELIGIBLE == 0:
+        self.epochs[e].eligible_weight += cost
     # The probability is fixed now so that later reputation changes cannot move the assignment.
     rep: uint256 = min(staticcall registry.reputationOf(r.executor), max_reputation)
-    r.status = FINISHED
-    r.completion_tokens = convert(f.completion_tokens, uint256)
+    r.completion_tokens = tokens
+    r.finish_block = block.number
     r.p_bps = BPS - (BPS - MIN_VALIDATION_BPS) * rep // max_reputation
-    self._store_head(f.inference_id, r)
-    self._times[f.inference_id] = r.deadline | (block.number << 64)
-    self._response_hash[f.inference_id] = f.response_hash
-    self._artifact_digest[f.inference_id] = f.artifact_digest
+    self._slots[r.inference_id] = self._pack(r, FINISHED)
     self._stats[r.executor].served += 1
+    self._client_stats[r.client].spent += cost + quorum_fee
     log Finished(
-        inference_id=f.inference_id,
+        inference_id=r.inference_id,
         executor=r.executor,
         response_hash=f.response_hash,
         artifact_digest=f.artifact_digest,
-        completion_tokens=r.completion_tokens,
+        completion_tokens=tokens,
         cost=cost,
+        p_bps=r.p_bps,
     )
 
 
 @internal
-def _settle(inference_id: bytes32):
-    r: Record = self._load(inference_id)
-    self._check_decidable(r)
-    assert block.number > r.finish_block + validation_window, "ledger: window open"
-    self._pay(inference_id, r, SETTLED, empty(address))
+def _expire(r: Record):
+    flags: uint256 = self._flags(r)
+    assert flags & STATUS_MASK == STARTED, "ledger: not started"
+    assert block.timestamp > r.deadline + validation_window, "ledger: not expired"
+    lock: uint256 = r.max_tokens * r.price
+    refund: uint256 = lock + r.quorum * self._fee(lock)
+    self._slots[r.inference_id] = (self._slots[r.inference_id] >> FLAGS_BITS << FLAGS_BITS) | EXPIRED
+    self.totalLocked -= refund
+    self._refund(r.inference_id, r.client, refund)
+    self._mark(r.executor, self._epoch_of(block.number), REASON_EXPIRED)
 
 
 @internal
-@view
-def _check_decidable(r: Record):
-    assert r.status >= FINISHED and r.status != EXPIRED, "ledger: not finished"
-    assert r.status == FINISHED, "ledger: already decided"
-
-
-@internal
-def _pay(inference_id: bytes32, r: Record, status: uint256, validator: address):
-    # Verdicts and settlements are where epochs and juries will hook in.
-    cost: uint256 = r.completion_tokens * r.price
-    fee: uint256 = 0
-    if validator != empty(address):
-        fee = cost * validator_fee_bps // BPS
-        self.earnedOf[validator] += fee
-        self._stats[validator].fees_earned += fee
-    self.earnedOf[r.executor] += cost - fee
-    self._stats[r.executor].fees_earned += cost - fee
-    self.totalPending -= cost
-    self.totalEarned += cost
-    self._client_stats[r.client].spent += cost
-    r.status = status
-    self._store_head(inference_id, r)
-    log Paid(
-        inference_id=inference_id,
+def _open_dispute(r: Record, e: uint256):
+    self.disputes[r.inference_id] = Dispute(
         executor=r.executor,
-        validator=validator,
-        executor_amount=cost - fee,
-        validator_fee=fee,
+        accuser=msg.sender,
+        model_id=r.model_id,
+        opened_block=block.number,
+        epoch=e,
+        votes_valid=0,
+        votes_invalid=0,
+        validators=self._validators(r),
+        jury=[],
+        seated=False,
+        voted_mask=0,
+        open=True,
+    )
+    self.epochs[e].open_disputes += 1
+    self.pendingJudgements[r.executor] += 1
+    self.pendingJudgements[msg.sender] += 1
+    log DisputeOpened(
+        inference_id=r.inference_id, executor=r.executor, accuser=msg.sender, deadline=block.number + 1 + jury_window
     )
 
 
 @internal
-def _reject(inference_id: bytes32, r: Record):
-    cost: uint256 = r.completion_tokens * r.price
-    self.totalPending -= cost
-    self.escrowOf[r.client] += cost
-    self.totalEscrow += cost
-    self._client_stats[r.client].refunded += cost
-    self._stats[r.executor].invalidated += 1
-    r.status = INVALIDATED
-    self._store_head(inference_id, r)
-    stake: uint256 = staticcall registry.stakeOf(r.executor)
-    extcall registry.slash(r.executor, stake * slash_bps // BPS)
-    extcall registry.setReputation(r.executor, 0)
-    log Refunded(inference_id=inference_id, client=r.client, amount=cost)
+def _seat(inference_id: bytes32, d: Dispute) -> DynArray[address, MAX_DRAWN]:
+    # Seats the jury on first use so that it stays known after its block hash is gone.
+    if d.seated:
+        return d.jury
+    jury: DynArray[address, MAX_DRAWN] = self._draw_jury(inference_id, d)
+    self.disputes[inference_id].jury = jury
+    self.disputes[inference_id].seated = True
+    return jury
 
 
 @internal
 @view
-def _assigned_validator(inference_id: bytes32, r: Record) -> address:
+def _draw_jury(inference_id: bytes32, d: Dispute) -> DynArray[address, MAX_DRAWN]:
+    jury: DynArray[address, MAX_DRAWN] = []
+    h: bytes32 = block_hash._block_hash(d.opened_block + 1)
+    if h == empty(bytes32):
+        # Nobody looked within the block hash's lifetime: an empty jury, and the default outcome.
+        return jury
+    rand: bytes32 = keccak256(concat(inference_id, h))
+    return staticcall registry.drawDistinct(d.model_id, rand, [d.executor, d.accuser], jury_size)
+
+
+@internal
+def _invalidate(r: Record, flags: uint256, d: Dispute):
+    e: uint256 = d.epoch
+    fee: uint256 = self._fee(r.completion_tokens * r.price)
+    # Validators who passed a wrong answer give their fee back.
+    for i: uint256 in range(MAX_QUORUM + 1):
+        if i >= len(d.validators):
+            break
+        if flags & (1 << (PASSED_SHIFT + i)) != 0:
+            self.accounts[d.validators[i]][e].fees -= fee
+            self.accounts[r.executor][e].fees += fee
+    refund: uint256 = r.completion_tokens * r.price + r.quorum * fee
+    self.accounts[r.executor][e].fees -= refund
+    self.totalFees -= refund
+    self._refund(r.inference_id, r.client, refund)
+    self._mark(r.executor, e, REASON_INVALIDATED)
+    self.accounts[r.executor][e].flags |= FORFEITED
+    self._stats[r.executor].invalidated += 1
+    stake: uint256 = staticcall registry.stakeOf(r.executor)
+    taken: uint256 = extcall registry.slash(r.executor, stake * slash_bps // BPS)
+    extcall registry.setReputation(r.executor, 0)
+    # The slashed stake (now here) pays each validator that failed the answer its fee, the rest
+    # funds the next epoch's rewards.
+    for i: uint256 in range(MAX_QUORUM + 1):
+        if i >= len(d.validators):
+            break
+        if flags & (1 << (VOTED_SHIFT + i)) != 0 and flags & (1 << (PASSED_SHIFT + i)) == 0:
+            bounty: uint256 = min(fee, taken)
+            self.accounts[d.validators[i]][e].fees += bounty
+            self.totalFees += bounty
+            taken -= bounty
+    self._fund_next(taken)
+
+
+@internal
+def _penalize_accuser(accuser: address):
+    stake: uint256 = staticcall registry.stakeOf(accuser)
+    taken: uint256 = extcall registry.slash(accuser, stake * accuser_penalty_bps // BPS)
+    extcall registry.setReputation(accuser, 0)
+    self._fund_next(taken)
+
+
+@internal
+def _fund_next(amount: uint256):
+    if amount > 0:
+        self.epochs[self._epoch_of(block.number) + 1].pool += amount
+        self.totalPool += amount
+
+
+@internal
+def _mark(participant: address, e: uint256, reason: uint256) -> bool:
+    # Makes a participant ineligible for an epoch's reward once; its weight leaves the total.
+    flags: uint256 = self.accounts[participant][e].flags
+    if flags & INELIGIBLE != 0:
+        return False
+    self.accounts[participant][e].flags = flags | INELIGIBLE
+    self.epochs[e].eligible_weight -= self.accounts[participant][e].weight
+    log Ineligible(participant=participant, epoch=e, reason=reason)
+    return True
+
+
+@internal
+def _refund(inference_id: bytes32, client: address, amount: uint256):
+    self.escrowOf[client] += amount
+    self.totalEscrow += amount
+    self._client_stats[client].refunded += amount
+    log Refunded(inference_id=inference_id, client=client, amount=amount)
+
+
+@internal
+@view
+def _validators(r: Record) -> DynArray[address, MAX_DRAWN]:
     # Callers have checked that block finish_block + 1 exists.
+    out: DynArray[address, MAX_DRAWN] = []
     h: bytes32 = block_hash._block_hash(r.finish_block + 1)
     assert h != empty(bytes32), "ledger: assignment expired"
-    rand: bytes32 = keccak256(concat(inference_id, h))
-    if convert(rand, uint256) % BPS >= r.p_bps:
-        return empty(address)
-    return staticcall registry.drawValidator(self._model_of[inference_id], keccak256(rand), r.executor)
+    rand: bytes32 = keccak256(concat(r.inference_id, h))
+    if r.quorum == 0 and convert(rand, uint256) % BPS >= r.p_bps:
+        return out
+    return staticcall registry.drawDistinct(r.model_id, rand, [r.executor], r.quorum + 1)
+
+
+@internal
+@pure
+def _slot_of(validators: DynArray[address, MAX_DRAWN], who: address) -> uint256:
+    for i: uint256 in range(MAX_QUORUM + 1):
+        if i >= len(validators):
+            break
+        if validators[i] == who:
+            return i
+    return MAX_QUORUM + 1
+
+
+@internal
+@view
+def _flags(r: Record) -> uint256:
+    # 0 for an unknown inference, so that callers report it as "not started" / "not finished".
+    s: uint256 = self._slots[r.inference_id]
+    if s == 0:
+        return 0
+    assert s >> FLAGS_BITS == convert(keccak256(abi_encode(r)), uint256) >> FLAGS_BITS, "ledger: record mismatch"
+    return s & (2**FLAGS_BITS - 1)
+
+
+@internal
+@pure
+def _pack(r: Record, flags: uint256) -> uint256:
+    return (convert(keccak256(abi_encode(r)), uint256) >> FLAGS_BITS << FLAGS_BITS) | flags
+
+
+@internal
+@view
+def _fee(amount: uint256) -> uint256:
+    return amount * validator_fee_bps // BPS
+
+
+@internal
+@view
+def _reward(a: Account, e: uint256) -> uint256:
+    ep: Epoch = self.epochs[e]
+    if a.flags & INELIGIBLE != 0 or a.weight == 0 or ep.eligible_weight == 0:
+        return 0
+    return ep.pool * a.weight // ep.eligible_weight
+
+
+@internal
+@view
+def _epoch_of(block_number: uint256) -> uint256:
+    return (block_number - genesis_block) // epoch_length
+
+
+@internal
+@view
+def _claim_block(e: uint256) -> uint256:
+    return genesis_block + (e + 1) * epoch_length + settlement_delay
+
+
+@internal
+@view
+def _check_settled(e: uint256):
+    assert block.number >= self._claim_block(e), "ledger: epoch not settled"
+    assert self.epochs[e].open_disputes == 0, "ledger: dispute pending"
+
+
+@internal
+def _pull(amount: uint256):
+    assert extcall token.transferFrom(msg.sender, self, amount, default_return_value=True), (
+        "ledger: transfer failed"
+    )
 
 
 @internal
 def _send(to: address, amount: uint256):
     assert extcall token.transfer(to, amount, default_return_value=True), "ledger: transfer failed"
-
-
-@internal
-@view
-def _load(inference_id: bytes32) -> Record:
-    head: uint256 = self._head[inference_id]
-    terms: uint256 = self._terms[inference_id]
-    times: uint256 = self._times[inference_id]
-    return Record(
-        client=convert(head & MASK_160, address),
-        status=(head >> 160) & MASK_8,
-        max_tokens=(head >> 168) & MASK_32,
-        completion_tokens=(head >> 200) & MASK_32,
-        p_bps=(head >> 232) & MASK_16,
-        executor=convert(terms & MASK_160, address),
-        price=terms >> 160,
-        deadline=times & MASK_64,
-        finish_block=times >> 64,
-    )
-
-
-@internal
-def _store_head(inference_id: bytes32, r: Record):
-    self._head[inference_id] = (
-        convert(r.client, uint256)
-        | (r.status << 160)
-        | (r.max_tokens << 168)
-        | (r.completion_tokens << 200)
-        | (r.p_bps << 232)
-    )

@@ -11,15 +11,18 @@
         Executors and validators are drawn by stake from the active participants of a model with
         `drawExecutor` and `drawValidator`, which the Ledger calls to check a start and to assign a
         validation, and which anyone can call to recompute a draw. Leaving is two steps: `exit()`
-        leaves the draw at once, `withdrawStake()` returns the stake after `unbonding_blocks`, so a
-        verdict can still slash stake that earned fees just before the exit.
+        leaves the draw at once, `withdrawStake()` returns the stake after `unbonding_blocks` and
+        only while the Ledger has no dispute pending that names the participant, so a verdict can
+        still slash stake that earned fees just before the exit.
 
-        Token conservation: token.balanceOf(self) == totalStaked + slashedTotal.
+        Slashed stake goes to the Ledger, which pays accusers and the next epoch's rewards with it.
+        Token conservation: token.balanceOf(self) == totalStaked.
 """
 
 # ---------------------------------------------------------------- imports
 
 from ethereum.ercs import IERC20
+from .interfaces import ILedger
 
 
 # ---------------------------------------------------------------- constants
@@ -29,6 +32,9 @@ MAX_PARTICIPANTS: constant(uint256) = 64
 MAX_MODELS: constant(uint256) = 32
 # The Ledger packs the price per token into 96 bits of an inference record.
 MAX_PRICE: constant(uint256) = 2**96 - 1
+# The most participants one `drawDistinct` returns, and the most addresses a draw leaves out.
+MAX_DRAWN: constant(uint256) = 5
+MAX_EXCLUDED: constant(uint256) = 7
 
 
 # ---------------------------------------------------------------- immutables
@@ -84,7 +90,7 @@ _members: HashMap[bytes32, DynArray[address, MAX_PARTICIPANTS]]
 _model_stake: HashMap[bytes32, uint256]
 # Sum of all participants' stakes, active or unbonding.
 totalStaked: public(uint256)
-# Stake taken by slashing, held here.
+# Stake taken by slashing so far (sent to the Ledger).
 slashedTotal: public(uint256)
 
 
@@ -280,6 +286,8 @@ def withdrawStake():
     p: Participant = self._participants[msg.sender]
     assert not p.active and p.exit_block != 0, "registry: not exited"
     assert block.number >= p.exit_block + unbonding_blocks, "registry: unbonding"
+    if self.ledger != empty(address):
+        assert staticcall ILedger(self.ledger).pendingJudgements(msg.sender) == 0, "registry: judgement pending"
     self._participants[msg.sender] = empty(Participant)
     self.totalStaked -= p.stake
     assert extcall token.transfer(msg.sender, p.stake, default_return_value=True), "registry: transfer failed"
@@ -291,7 +299,7 @@ def withdrawStake():
 @external
 def slash(participant: address, amount: uint256) -> uint256:
     """
-    @notice Moves up to `amount` of a participant's stake to `slashedTotal`; ledger only.
+    @notice Takes up to `amount` of a participant's stake and sends it to the Ledger; ledger only.
     @param participant The participant to slash, active or unbonding.
     @param amount The most to take, in token base units.
     @return uint256 The amount actually taken (capped at the stake).
@@ -303,6 +311,8 @@ def slash(participant: address, amount: uint256) -> uint256:
         self._model_stake[self._participants[participant].model_id] -= taken
     self.totalStaked -= taken
     self.slashedTotal += taken
+    if taken > 0:
+        assert extcall token.transfer(msg.sender, taken, default_return_value=True), "registry: transfer failed"
     log Slashed(participant=participant, amount=taken)
     return taken
 
@@ -419,7 +429,7 @@ def drawExecutor(model_id: bytes32, seed: bytes32) -> address:
     @param seed The draw's randomness (the Ledger uses keccak(inference_id ‖ blockhash(seed_block))).
     @return address The executor; empty when the model has no stake.
     """
-    return self._draw(model_id, seed, empty(address))
+    return self._draw(model_id, seed, [])
 
 
 @external
@@ -432,7 +442,37 @@ def drawValidator(model_id: bytes32, seed: bytes32, exclude: address) -> address
     @param exclude The executor, who never validates itself.
     @return address The validator; empty when nobody else has stake.
     """
-    return self._draw(model_id, seed, exclude)
+    return self._draw(model_id, seed, [exclude])
+
+
+@external
+@view
+def drawDistinct(model_id: bytes32, rand: bytes32, exclude: DynArray[address, 2], count: uint256) -> DynArray[
+    address, MAX_DRAWN
+]:
+    """
+    @notice Draws up to `count` distinct participants by stake: the k-th as `drawExecutor` does with
+            seed keccak(rand ‖ uint256(k)), leaving out `exclude` and those drawn before it. The
+            Ledger draws an inference's validators and a dispute's jury with it.
+    @param model_id The model.
+    @param rand The draw's randomness.
+    @param exclude Distinct addresses never drawn: the executor, and an accuser for a jury.
+    @param count How many to draw, at most 5; fewer when the model has fewer others.
+    @return DynArray The participants drawn, in order.
+    """
+    drawn: DynArray[address, MAX_DRAWN] = []
+    excluded: DynArray[address, MAX_EXCLUDED] = []
+    for x: address in exclude:
+        excluded.append(x)
+    for k: uint256 in range(MAX_DRAWN):
+        if k >= count:
+            break
+        member: address = self._draw(model_id, keccak256(concat(rand, convert(k, bytes32))), excluded)
+        if member == empty(address):
+            break
+        drawn.append(member)
+        excluded.append(member)
+    return drawn
 
 
 # ---------------------------------------------------------------- internal
@@ -470,15 +510,17 @@ def _remove_member(model_id: bytes32, member: address):
 
 @internal
 @view
-def _draw(model_id: bytes32, seed: bytes32, exclude: address) -> address:
+def _draw(model_id: bytes32, seed: bytes32, exclude: DynArray[address, MAX_EXCLUDED]) -> address:
     total: uint256 = self._model_stake[model_id]
-    if self._participants[exclude].active and self._participants[exclude].model_id == model_id:
-        total -= self._participants[exclude].stake
+    for x: address in exclude:
+        # Excluded members are active members of this model, counted once each.
+        if x != empty(address) and self._participants[x].active and self._participants[x].model_id == model_id:
+            total -= self._participants[x].stake
     if total == 0:
         return empty(address)
     r: uint256 = convert(seed, uint256) % total
     for member: address in self._members[model_id]:
-        if member == exclude:
+        if member in exclude:
             continue
         stake: uint256 = self._participants[member].stake
         if r < stake:

@@ -1,4 +1,5 @@
-"""The one deploy routine: MockToken (unless a token is given), Registry, Ledger, wiring.
+"""The one deploy routine: MockToken (unless a token is given), Registry, Ledger, wiring, and on a
+MockToken deployment the reward pools of the first `reward_epochs` epochs.
 
 Both `ape run deploy` and the devnet call `deploy`, which writes `deployments/<chain_id>.json`,
 the file every other part reads its addresses from.
@@ -20,26 +21,43 @@ RECEIPT_TIMEOUT_S = 120
 
 
 class DeployParams(BaseModel):
-    """Constructor parameters; the defaults suit the devnet (1 s blocks)."""
+    """Constructor parameters, in blocks and basis points; the defaults suit the devnet (1 s blocks),
+    where a demo must see epochs settle in minutes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_stake: int = Field(default=100 * TOKEN, gt=0)
-    unbonding_blocks: int = Field(default=50, ge=0)
-    validation_window: int = Field(default=10, ge=2, le=256, description="blocks")
+    unbonding_blocks: int = Field(default=60, ge=0)
+    validation_window: int = Field(default=8, ge=2, le=256, description="blocks")
+    jury_window: int = Field(default=8, ge=1, le=250, description="blocks")
+    jury_size: int = Field(default=3, ge=1, le=5)
+    epoch_length: int = Field(default=30, gt=0, description="blocks")
+    settlement_delay: int = Field(default=20, ge=0, description="blocks after an epoch before its claims")
     max_reputation: int = Field(default=20, gt=0)
     slash_bps: int = Field(default=1_000, ge=0, le=10_000)
     validator_fee_bps: int = Field(default=1_000, ge=0, le=10_000)
+    accuser_penalty_bps: int = Field(default=500, ge=0, le=10_000)
+    # The devnet's emission schedule: the deployer mints and funds this much per epoch (MockToken only).
+    reward_per_epoch: int = Field(default=10 * TOKEN, ge=0)
+    reward_epochs: int = Field(default=200, ge=0, le=1024)
 
     @model_validator(mode="after")
-    def _slashable_until_withdrawn(self) -> "DeployParams":
-        # An executor that exits right after a finish must still be slashable by its verdict.
-        if self.unbonding_blocks <= self.validation_window:
-            raise ValueError(
-                f"unbonding_blocks ({self.unbonding_blocks}) must exceed validation_window "
-                f"({self.validation_window})"
-            )
+    def _judgements_end_in_time(self) -> "DeployParams":
+        # Every verdict and dispute must end before claims open and before stake can leave.
+        judged = self.validation_window + self.jury_window + 2
+        if self.settlement_delay <= judged:
+            raise ValueError(f"settlement_delay ({self.settlement_delay}) must exceed validation_window + "
+                             f"jury_window + 2 ({judged})")
+        if self.unbonding_blocks <= judged:
+            raise ValueError(f"unbonding_blocks ({self.unbonding_blocks}) must exceed validation_window + "
+                             f"jury_window + 2 ({judged})")
         return self
+
+    def ledger_params(self) -> tuple:
+        """The Ledger constructor's `Params` tuple."""
+        return (self.validation_window, self.jury_window, self.jury_size, self.epoch_length,
+                self.settlement_delay, self.max_reputation, self.slash_bps, self.validator_fee_bps,
+                self.accuser_penalty_bps)
 
 
 class Deployments(BaseModel):
@@ -77,16 +95,13 @@ def deploy(
     if token is None:
         token, token_block = sender.deploy("MockToken")
     registry, registry_block = sender.deploy("Registry", token, params.min_stake, params.unbonding_blocks)
-    ledger, _ = sender.deploy(
-        "Ledger",
-        token,
-        registry,
-        params.validation_window,
-        params.max_reputation,
-        params.slash_bps,
-        params.validator_fee_bps,
-    )
+    ledger, _ = sender.deploy("Ledger", token, registry, params.ledger_params())
     sender.call("Registry", registry, "setLedger", ledger)
+    if token_block is not None and params.reward_epochs and params.reward_per_epoch:
+        total = params.reward_epochs * params.reward_per_epoch
+        sender.call("MockToken", token, "mint", sender.account.address, total)
+        sender.call("MockToken", token, "approve", ledger, total)
+        sender.call("Ledger", ledger, "fundRewards", 0, params.reward_epochs, params.reward_per_epoch)
     deployments = Deployments(
         chain_id=w3.eth.chain_id,
         token=Web3.to_checksum_address(token),

@@ -1,7 +1,7 @@
 """The persistent outbox: chain writes leave the request path, get batched, and survive restarts.
 
 Roles enqueue what they want on chain; `run` sends it. Pending items of one kind go out as one batch
-transaction (`startBatch`, `finishBatch`, `settleBatch`), which spreads the fixed cost of a
+transaction (`startBatch`, `finishBatch`, `expireBatch`), which spreads the fixed cost of a
 transaction over up to `batch_size` inferences. When a batch reverts, its items are tried one by one
 so that a bad item fails alone, with its revert reason recorded, and the others still go out together. A finish can reach the chain before its start
 (the gateway and the executor are different nodes): "ledger: not started" on a finish is deferred
@@ -28,14 +28,18 @@ from agents.chain.client import ChainClient, ChainError, ChainUnavailable
 
 log = logging.getLogger(__name__)
 
-# Kinds in the order a flush sends them: a start before a finish before what follows a finish.
-# kind -> (single function, batch function or None)
-KINDS: dict[str, tuple[str, str | None]] = {
-    "start": ("start", "startBatch"),
-    "finish": ("finish", "finishBatch"),
-    "validate": ("submitValidation", None),
-    "settle": ("settle", "settleBatch"),
-    "expire": ("expire", None),
+# Kinds in the order a flush sends them: a start before a finish before what follows a finish,
+# and a dispute's resolution before the claims it holds up.
+# kind -> (single function, batch function or None, the single function's parameters)
+KINDS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+    "start": ("start", "startBatch", ("args",)),
+    "finish": ("finish", "finishBatch", ("args",)),
+    "validate": ("submitValidation", None, ("record", "passed", "score")),
+    "vote": ("vote", None, ("inference_id", "valid")),
+    "resolve": ("resolve", None, ("record",)),
+    "report_lazy": ("reportLazy", None, ("record",)),
+    "expire": ("expire", "expireBatch", ("record",)),
+    "claim": ("claim", None, ("participant", "epoch")),
 }
 STATES = ("pending", "sent", "done", "failed")
 MAX_BATCH = 32  # the Ledger's DynArray bound
@@ -117,15 +121,18 @@ class Outbox:
         """Queue a chain write; False if (kind, key) was queued before (nothing changes then).
 
         `args` is the argument of the single call: a StartArgs / FinishArgs struct (tuple or dict)
-        for "start" / "finish", an inference id for "settle" / "expire", and the tuple
-        (inference_id, passed, score) for "validate". Bytes may be given as bytes or 0x hex.
+        for "start" / "finish", a Record tuple for "resolve" / "report_lazy" / "expire", and the
+        tuple of the call's parameters for the others: (record, passed, score) for "validate",
+        (inference_id, valid) for "vote", (participant, epoch) for "claim". Bytes may be given as
+        bytes or 0x hex.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown outbox kind {kind!r}: expected one of {', '.join(KINDS)}")
         if not isinstance(key, str) or not key:
             raise ValueError("outbox key must be a non-empty string")
-        if kind == "validate" and (not isinstance(args, (list, tuple)) or len(args) != 3):
-            raise ValueError("validate args must be (inference_id, passed, score)")
+        params = KINDS[kind][2]
+        if len(params) > 1 and (not isinstance(args, (list, tuple)) or len(args) != len(params)):
+            raise ValueError(f"{kind} args must be ({', '.join(params)})")
         try:
             encoded = json.dumps(args, default=_encode)
         except (TypeError, ValueError) as exc:
@@ -176,7 +183,7 @@ class Outbox:
         """
         handled = await self._recover_sent()
         sent: list[tuple[str, list[_Item], str]] = []
-        for kind, (_, batch_fn) in KINDS.items():
+        for kind, (_, batch_fn, _params) in KINDS.items():
             items = self._due(kind)
             if not items:
                 continue
@@ -292,12 +299,12 @@ class Outbox:
         return [_Item(rowid, kind, key, json.loads(args), attempts) for rowid, key, args, attempts in rows]
 
     def _call(self, kind: str, group: list[_Item]):
-        single, batch = KINDS[kind]
+        single, batch, params = KINDS[kind]
         functions = self.client.ledger.functions
         if len(group) > 1:
             return getattr(functions, batch)([item.args for item in group])
         args = group[0].args
-        return getattr(functions, single)(*args) if kind == "validate" else getattr(functions, single)(args)
+        return getattr(functions, single)(*args) if len(params) > 1 else getattr(functions, single)(args)
 
     def _set(self, group: list[_Item], state: str, **fields: Any) -> None:
         assignments = ", ".join(f"{name} = ?" for name in ("state", "updated", *fields))

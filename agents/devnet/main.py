@@ -1,10 +1,12 @@
-"""`nullius devnet`: bring up a local network, send demo traffic, print who earned and who was caught."""
+"""`nullius devnet`: bring up a local network, send demo traffic, wait for the verdicts, juries and
+the epoch's claims, and print who earned and who was caught."""
 
 from __future__ import annotations
 
 import argparse
 import signal
 import threading
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -36,6 +38,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def wait_for(done, what: str, timeout: float) -> bool:
+    """Poll `done()` once a second until it holds or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    with console.status(f"waiting for {what}"):
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1.0)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = network.DevnetConfig(participants=args.participants, cheaters=args.cheaters,
@@ -49,21 +62,26 @@ def main(argv: list[str] | None = None) -> int:
         console.log(f"client {client.address} deposited {deposit / summary.TOKEN:g} tokens")
 
         ids = traffic.send([client], args.requests, args.max_tokens)
-        window_s = config.deploy.validation_window * config.block_time
-        pending = traffic.wait_resolved(client, ids, timeout=window_s + 90)
-
         chain = ChainClient(net.rpc_url, net.client_keys[0], net.deployments)
+        p = config.deploy
+        addresses = [x.address for x in net.participants]
+        judged = wait_for(lambda: summary.undecided(chain, ids) == 0,
+                          "verdicts and juries", timeout=(p.validation_window + p.jury_window) * config.block_time + 90)
+        claimed = wait_for(lambda: summary.unclaimed(chain, addresses, ids) == 0, "epoch claims",
+                           timeout=(p.epoch_length + p.settlement_delay) * config.block_time + 60)
+
         rows = summary.participant_rows(chain, net.participants, net.deployments.start_block)
         console.print(summary.participant_table(rows))
-        console.print(summary.client_table(summary.client_rows(chain, [client.address])))
-        caught = all(r.invalidated > 0 for r in rows if r.cheater and r.served)
-        honest_clean = all(r.invalidated == 0 for r in rows if not r.cheater)
-        if pending:
-            console.print(f"[yellow]{pending} inferences still unresolved")
-        console.print("[green]cheater caught, its inferences invalidated, the client refunded"
-                      if caught else "[red]a cheater went undetected")
-        if not honest_clean:
-            console.print("[red]an honest participant was invalidated")
+        (client_row,) = summary.client_rows(chain, [client.address])
+        console.print(summary.client_table([client_row]))
+        verdict = summary.verdict(rows, client_row)
+        for line in verdict.problems:
+            console.print(f"[red]{line}")
+        if verdict.ok:
+            console.print("[green]every cheater was caught by the jury, invalidated and slashed, the client "
+                          "refunded, and no honest participant was invalidated")
+        if not (judged and claimed):
+            console.print("[yellow]the network did not finish judging and claiming in time")
 
         if args.keep_running:
             console.print(f"gateway (OpenAI-compatible): [bold]{net.gateway_url}/v1[/]  "
@@ -75,6 +93,6 @@ def main(argv: list[str] | None = None) -> int:
                 stop.wait()
             except KeyboardInterrupt:
                 pass
-        return 0 if caught and honest_clean and not pending else 1
+        return 0 if verdict.ok and judged and claimed else 1
     finally:
         net.stop()

@@ -10,6 +10,9 @@ from rich.table import Table
 from agents.chain.client import ChainClient
 
 TOKEN = 10**18
+# Ledger statuses (docs/protocol.md section 2) and account flags
+FINISHED, VALIDATED, INVALIDATED, EXPIRED = 2, 3, 4, 6
+INELIGIBLE, CLAIMED = 1, 4
 
 
 @dataclass(frozen=True)
@@ -21,10 +24,18 @@ class ParticipantRow:
     validations: int
     verdicts_pass: int
     verdicts_fail: int
-    invalidated: int
+    disputes_against: int  # opened on its answers
+    invalidated: int  # of those, upheld by the jury
+    accusations: int  # disputes its failed verdicts opened
+    accusations_rejected: int  # of those, the jury found the answer valid
+    slashes: int
+    slashed: int
     stake: int
     reputation: int
-    fees_earned: int
+    epochs_claimed: int
+    fees_claimed: int
+    rewards_claimed: int
+    forfeited: int
 
 
 @dataclass(frozen=True)
@@ -35,23 +46,33 @@ class ClientRow:
     escrow: int
 
 
-def _verdicts(chain: ChainClient, from_block: int) -> Counter:
-    """(validator, passed) -> count, from the Ledger's Validated events."""
-    logs = chain.ledger.events.Validated().get_logs(from_block=from_block)
-    return Counter((log.args.validator, log.args.passed) for log in logs)
-
-
 def participant_rows(chain: ChainClient, participants, from_block: int) -> list[ParticipantRow]:
-    verdicts = _verdicts(chain, from_block)
+    ledger, registry = chain.ledger.events, chain.registry.events
+    verdicts = Counter((e.args.validator, e.args.passed) for e in ledger.Validated().get_logs(from_block=from_block))
+    opened = ledger.DisputeOpened().get_logs(from_block=from_block)
+    invalid = {bytes(e.args.inference_id): e.args.invalid
+               for e in ledger.DisputeResolved().get_logs(from_block=from_block)}
+    slashes = registry.Slashed().get_logs(from_block=from_block)
+    claims = ledger.Claimed().get_logs(from_block=from_block)
+    forfeits = ledger.Forfeited().get_logs(from_block=from_block)
     rows = []
     for p in participants:
-        served, validations, invalidated, fees = chain.ledger.functions.stats(p.address).call()
+        served, validations, invalidated, _fees = chain.ledger.functions.stats(p.address).call()
         stake, reputation, *_ = chain.registry.functions.participant(p.address).call()
+        against = [bytes(e.args.inference_id) for e in opened if e.args.executor == p.address]
+        accused = [bytes(e.args.inference_id) for e in opened if e.args.accuser == p.address]
+        mine = [e for e in claims if e.args.participant == p.address]
         rows.append(ParticipantRow(
             name=f"participant-{p.index}", address=p.address, cheater=p.cheater,
             served=served, validations=validations,
             verdicts_pass=verdicts[(p.address, True)], verdicts_fail=verdicts[(p.address, False)],
-            invalidated=invalidated, stake=stake, reputation=reputation, fees_earned=fees,
+            disputes_against=len(against), invalidated=invalidated,
+            accusations=len(accused), accusations_rejected=sum(invalid.get(i) is False for i in accused),
+            slashes=sum(e.args.participant == p.address for e in slashes),
+            slashed=sum(e.args.amount for e in slashes if e.args.participant == p.address),
+            stake=stake, reputation=reputation, epochs_claimed=len(mine),
+            fees_claimed=sum(e.args.fees for e in mine), rewards_claimed=sum(e.args.reward for e in mine),
+            forfeited=sum(e.args.amount for e in forfeits if e.args.participant == p.address),
         ))
     return rows
 
@@ -64,21 +85,71 @@ def client_rows(chain: ChainClient, addresses: list[str]) -> list[ClientRow]:
     return rows
 
 
+def undecided(chain: ChainClient, ids: list[bytes]) -> int:
+    """Inferences still waiting for the chain: not started, not finished, under dispute, or
+    finished with an assigned verdict not yet in and its window still open."""
+    head = chain.w3.eth.block_number
+    window = chain.ledger.functions.validation_window().call()
+    waiting = 0
+    for inference_id in ids:
+        status = chain.ledger.functions.stateOf(inference_id).call()[0]
+        if status in (VALIDATED, INVALIDATED, EXPIRED):
+            continue
+        if status == FINISHED:
+            (done,) = chain.ledger.events.Finished().get_logs(
+                from_block=chain.deployments.start_block, argument_filters={"inference_id": inference_id})
+            # not validated, or validated by nobody in time: nothing more will happen to it
+            if head > done.blockNumber + window:
+                continue
+        waiting += 1
+    return waiting
+
+
+def unclaimed(chain: ChainClient, addresses: list[str], ids: list[bytes]) -> int | None:
+    """Accounts with something to claim in the epochs of these inferences' finishes, once those
+    epochs are settled and free of disputes; None before that."""
+    wanted = set(ids)
+    finishes = [e.blockNumber for e in chain.ledger.events.Finished().get_logs(
+        from_block=chain.deployments.start_block) if bytes(e.args.inference_id) in wanted]
+    if not finishes:
+        return 0
+    ledger = chain.ledger.functions
+    last = ledger.epochOf(max(finishes)).call()
+    if chain.w3.eth.block_number < ledger.claimBlock(last).call():
+        return None
+    count = 0
+    for e in range(ledger.epochOf(min(finishes)).call(), last + 1):
+        pool, eligible_weight, open_disputes = ledger.epochs(e).call()
+        if open_disputes:
+            return None
+        for a in addresses:
+            fees, weight, _validations, flags = ledger.accounts(a, e).call()
+            reward = 0 if flags & INELIGIBLE or not eligible_weight else pool * weight // eligible_weight
+            count += not flags & CLAIMED and fees + reward > 0
+    return count
+
+
 def _tokens(amount: int) -> str:
     return f"{amount / TOKEN:,.6f}"
 
 
 def participant_table(rows: list[ParticipantRow]) -> Table:
     table = Table(title="participants")
-    for col in ("participant", "model", "served", "validations", "verdicts pass/fail",
-                "invalidated", "stake", "reputation", "fees earned"):
+    columns = ("participant", "model", "served", "verdicts pass/fail", "disputes on its answers / upheld",
+               "its accusations / rejected", "slashed", "stake", "reputation", "epochs claimed",
+               "fees + rewards claimed", "forfeited")
+    for col in columns:
         table.add_column(col, justify="left" if col in ("participant", "model") else "right")
     for r in rows:
         table.add_row(
             f"{r.name} {r.address[:8]}", "[red]substitute (cheater)" if r.cheater else "reference",
-            str(r.served), str(r.validations), f"{r.verdicts_pass}/{r.verdicts_fail}",
-            f"[red]{r.invalidated}" if r.invalidated else "0", _tokens(r.stake),
-            str(r.reputation), _tokens(r.fees_earned),
+            str(r.served), f"{r.verdicts_pass}/{r.verdicts_fail}",
+            f"{r.disputes_against}/" + (f"[red]{r.invalidated}" if r.invalidated else "0"),
+            f"{r.accusations}/" + (f"[red]{r.accusations_rejected}" if r.accusations_rejected else "0"),
+            f"[red]{r.slashes}× {_tokens(r.slashed)}" if r.slashes else "0",
+            _tokens(r.stake), str(r.reputation), str(r.epochs_claimed),
+            f"{_tokens(r.fees_claimed)} + {_tokens(r.rewards_claimed)}",
+            f"[red]{_tokens(r.forfeited)}" if r.forfeited else "0",
         )
     return table
 
@@ -90,3 +161,23 @@ def client_table(rows: list[ClientRow]) -> Table:
     for r in rows:
         table.add_row(r.address, _tokens(r.spent), _tokens(r.refunded), _tokens(r.escrow))
     return table
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    problems: tuple[str, ...]
+
+
+def verdict(rows: list[ParticipantRow], client: ClientRow) -> Verdict:
+    """What the demo must show: every cheater that served caught, invalidated and slashed, the
+    client refunded, and no honest participant invalidated or slashed as an executor."""
+    problems = []
+    for r in rows:
+        if r.cheater and r.served and not (r.invalidated and r.slashes):
+            problems.append(f"{r.name} cheated and was not caught")
+        if not r.cheater and r.invalidated:
+            problems.append(f"{r.name} is honest and was invalidated {r.invalidated} times")
+    if any(r.cheater and r.invalidated for r in rows) and not client.refunded:
+        problems.append("the client was not refunded")
+    return Verdict(not problems, tuple(problems))

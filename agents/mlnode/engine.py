@@ -51,12 +51,13 @@ class Generation:
 
 @dataclass(frozen=True)
 class Prefill:
-    """Per position i >= 1 of the ids (row i - 1): the distribution that predicts ids[i]."""
+    """Per scored position i >= start of the ids (row i - start): the distribution that predicts
+    ids[i]; start = 1 scores every position."""
 
-    topk_ids: np.ndarray  # [n - 1, k] int64
-    topk_logprobs: np.ndarray  # [n - 1, k] float32
-    token_logprobs: np.ndarray  # [n - 1] float32: logprob of ids[i]
-    token_ranks: np.ndarray  # [n - 1] int64: 1 + number of tokens with a higher logprob
+    topk_ids: np.ndarray  # [n - start, k] int64
+    topk_logprobs: np.ndarray  # [n - start, k] float32
+    token_logprobs: np.ndarray  # [n - start] float32: logprob of ids[i]
+    token_ranks: np.ndarray  # [n - start] int64: 1 + number of tokens with a higher logprob
 
 
 def _collect(tokens: Iterator[Token], k: int) -> Generation:
@@ -184,16 +185,22 @@ class Engine:
 
     # -- scoring ----------------------------------------------------------------------------
 
-    def prefill(self, ids: Sequence[int], k: int) -> Prefill:
+    @torch.inference_mode()
+    def prefill(self, ids: Sequence[int], k: int, start: int = 1) -> Prefill:
         """One forward over `ids` (vLLM's prompt_logprobs): position i >= 1 is scored by the
-        distribution computed at i - 1."""
+        distribution computed at i - 1. Only positions `start`.. are scored (row i - start): a
+        validator needs the output positions alone, so it skips the vocabulary projection,
+        log_softmax and top-k over the prompt."""
         if len(ids) > self.max_model_len:
             raise ValueError(
                 f"{len(ids)} tokens exceed the context length of {self.max_model_len} tokens"
             )
-        logits, _ = self._forward(torch.tensor([list(ids)]), last_only=False)
-        lp = torch.log_softmax(logits[0, :-1], dim=-1)
-        target = torch.tensor(list(ids[1:]))[:, None]
+        if not 1 <= start <= len(ids):
+            raise ValueError(f"start must be in [1, {len(ids)}], got {start}")
+        out = self.model(input_ids=torch.tensor([list(ids)]), use_cache=False,
+                         logits_to_keep=len(ids) - start + 1)
+        lp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
+        target = torch.tensor(list(ids[start:]))[:, None]
         token_lp = lp.gather(1, target)
         top = torch.topk(lp, k, dim=-1)
         return Prefill(

@@ -58,12 +58,26 @@ def finished_handler(ctx: NodeContext, window: int):
     return handle
 
 
-async def tick_loop(ctx: NodeContext, window: int, stop: asyncio.Event) -> None:
+def dispute_handler(ctx: NodeContext):
+    """Hand each DisputeOpened event to jury duty and to the keeper that resolves it."""
+
+    async def handle(event) -> None:
+        args = event["args"]
+        inference_id = bytes(args["inference_id"])
+        validator.on_dispute_opened(ctx, inference_id, args["executor"], args["accuser"],
+                                    event["blockNumber"])
+        keeper.on_dispute_opened(ctx, inference_id, args["executor"], args["accuser"], args["deadline"])
+
+    return handle
+
+
+async def tick_loop(ctx: NodeContext, window: int, jury_window: int, stop: asyncio.Event) -> None:
     """The one loop of the validator and keeper roles: a failed tick is logged and retried."""
     while not stop.is_set():
         try:
             head = await ctx.read(ctx.chain.block_number)
             await validator.tick(ctx, head, window)
+            await validator.jury_tick(ctx, head, jury_window)
             await keeper.tick(ctx, head, window)
         except Exception:
             log.exception("role tick failed; retrying")
@@ -75,17 +89,19 @@ async def tick_loop(ctx: NodeContext, window: int, stop: asyncio.Event) -> None:
 
 def create_app(settings: NodeSettings) -> FastAPI:
     ctx = build_context(settings)
-    window = ctx.chain.validation_window()
-    finished = EventPoller(ctx.chain.client, ctx.chain.client.ledger, "Finished",
-                           settings.data_dir / "events.sqlite", ctx.chain.client.deployments.start_block)
+    window, jury_window = ctx.chain.validation_window(), ctx.chain.jury_window()
+    pollers = {name: EventPoller(ctx.chain.client, ctx.chain.client.ledger, name,
+                                 settings.data_dir / "events.sqlite", ctx.chain.client.deployments.start_block)
+               for name in ("Finished", "DisputeOpened")}
+    handlers = {"Finished": finished_handler(ctx, window), "DisputeOpened": dispute_handler(ctx)}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         stop = asyncio.Event()
         tasks = [asyncio.create_task(ctx.outbox.run(stop), name="outbox"),
-                 asyncio.create_task(finished.run(finished_handler(ctx, window), stop,
-                                                  settings.poll_interval), name="events"),
-                 asyncio.create_task(tick_loop(ctx, window, stop), name="roles")]
+                 *(asyncio.create_task(poller.run(handlers[name], stop, settings.poll_interval),
+                                       name=f"events:{name}") for name, poller in pollers.items()),
+                 asyncio.create_task(tick_loop(ctx, window, jury_window, stop), name="roles")]
         log.info("node %s up at %s serving %s", ctx.address, settings.url, settings.model)
         try:
             yield
@@ -93,7 +109,8 @@ def create_app(settings: NodeSettings) -> FastAPI:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             await ctx.http.aclose()
-            finished.close()
+            for poller in pollers.values():
+                poller.close()
             ctx.outbox.close()
             ctx.state.close()
 
@@ -108,7 +125,8 @@ def create_app(settings: NodeSettings) -> FastAPI:
     async def health() -> dict:
         return {"status": "ok", "address": ctx.address, "model": settings.model, "url": settings.url,
                 "watching": {role: ctx.state.watching(role)
-                             for role in (validator.ROLE, keeper.SETTLE, keeper.EXPIRE)}}
+                             for role in (validator.ROLE, validator.JURY, keeper.LAZY, keeper.EXPIRE,
+                                          keeper.RESOLVE)}}
 
     @app.get("/metrics")
     async def metrics(_: Request) -> Response:

@@ -1,17 +1,29 @@
 """The chain reads the roles make, typed, over the contracts of an `agents.chain.client.ChainClient`.
 
-Every call is synchronous web3; async handlers run them with `asyncio.to_thread`.
+Every call is synchronous web3; async handlers run them with `asyncio.to_thread`. Reads use a
+Web3 of their own without the default middleware: its validation layer asks the node for the
+chain id twice per call, which triples the round trips of every view. Nothing here signs or sends,
+and the ChainClient checked the chain id when it connected.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from eth_utils import keccak, to_checksum_address
+from web3 import Web3
+
+from agents.chain import records
+from agents.chain.records import Record
 
 ZERO_ADDRESS = "0x" + "00" * 20
+# block hashes kept by number; the draw only ever uses the last 256 blocks
+BLOCKHASH_CACHE = 512
 # Ledger statuses (docs/protocol.md section 2)
-NONE, STARTED, FINISHED, VALIDATED, INVALIDATED, SETTLED, EXPIRED = range(7)
+NONE, STARTED, FINISHED, VALIDATED, INVALIDATED, DISPUTED, EXPIRED = range(7)
+# Ledger account flags of a participant's epoch
+INELIGIBLE, FORFEITED, CLAIMED = 1, 2, 4
 
 
 def draw_seed(inference_id: bytes, seed_blockhash: bytes) -> bytes:
@@ -49,42 +61,169 @@ class InferenceInfo:
     response_hash: bytes
     artifact_digest: bytes
     completion_tokens: int
+    record: Record | None = None  # what the Ledger's calls after `start` take back
+
+
+@dataclass(frozen=True)
+class InferenceState:
+    status: int
+    record_hash: bytes
+    voted_mask: int  # bit k: validator k submitted a verdict
+    passed_mask: int  # bit k: validator k passed the answer
+
+
+@dataclass(frozen=True)
+class DisputeInfo:
+    executor: str
+    accuser: str
+    opened_block: int
+    epoch: int
+    voted_mask: int  # bit k: juror k of `jury_of` voted
+    open: bool
+
+
+@dataclass(frozen=True)
+class Account:
+    fees: int
+    weight: int
+    validations: int
+    flags: int  # INELIGIBLE | FORFEITED | CLAIMED
+
+
+@dataclass(frozen=True)
+class Epoch:
+    pool: int
+    eligible_weight: int
+    open_disputes: int
+
+
+@dataclass(frozen=True)
+class Head:
+    number: int
+    hash: bytes
 
 
 class ChainView:
     def __init__(self, client):
         self.client = client
-        self.w3 = client.w3
+        self.w3 = Web3(Web3.HTTPProvider(client.w3.provider.endpoint_uri,
+                                         request_kwargs={"timeout": 10}), middleware=[])
+        self.registry = self.w3.eth.contract(address=client.registry.address, abi=client.registry.abi)
+        self.ledger = self.w3.eth.contract(address=client.ledger.address, abi=client.ledger.abi)
+        self.start_block = client.deployments.start_block  # where event scans begin
+        self._hashes: dict[int, bytes] = {}
+        self._hashes_lock = threading.Lock()  # roles read from several threads
 
     def block_number(self) -> int:
         return self.w3.eth.block_number
 
+    def head(self) -> Head:
+        """The latest block's number and hash in one round trip."""
+        block = self.w3.eth.get_block("latest")
+        head = Head(block["number"], bytes(block["hash"]))
+        self._remember(head.number, head.hash)
+        return head
+
     def blockhash(self, number: int) -> bytes:
-        return bytes(self.w3.eth.get_block(number)["hash"])
+        """Hashes of past blocks do not change (anvil and an L2's settled blocks do not reorganize)."""
+        cached = self._hashes.get(number)
+        if cached is None:
+            cached = bytes(self.w3.eth.get_block(number)["hash"])
+            self._remember(number, cached)
+        return cached
+
+    def _remember(self, number: int, block_hash: bytes) -> None:
+        with self._hashes_lock:
+            self._hashes[number] = block_hash
+            if len(self._hashes) > BLOCKHASH_CACHE:
+                del self._hashes[min(self._hashes)]
 
     def timestamp(self) -> int:
         return self.w3.eth.get_block("latest")["timestamp"]
 
     def model(self, model_id: bytes) -> Model:
-        return Model(*self.client.registry.functions.model(model_id).call())
+        return Model(*self.registry.functions.model(model_id).call())
 
     def participant(self, address: str) -> ParticipantInfo:
         stake, reputation, model_id, url, active, _exit_block = (
-            self.client.registry.functions.participant(to_checksum_address(address)).call())
+            self.registry.functions.participant(to_checksum_address(address)).call())
         return ParticipantInfo(stake, reputation, model_id, url, active)
 
     def escrow_of(self, client: str) -> int:
-        return self.client.ledger.functions.escrowOf(to_checksum_address(client)).call()
+        return self.ledger.functions.escrowOf(to_checksum_address(client)).call()
 
     def draw_executor(self, model_id: bytes, inference_id: bytes, seed_block: int) -> str:
         seed = draw_seed(inference_id, self.blockhash(seed_block))
-        return self.client.registry.functions.drawExecutor(model_id, seed).call()
+        return self.registry.functions.drawExecutor(model_id, seed).call()
+
+    def state(self, inference_id: bytes) -> InferenceState:
+        status, record_hash, voted, passed = self.ledger.functions.stateOf(inference_id).call()
+        return InferenceState(status, bytes(record_hash), voted, passed)
 
     def inference(self, inference_id: bytes) -> InferenceInfo:
-        return InferenceInfo(*self.client.ledger.functions.inference(inference_id).call())
+        """Status from `stateOf`; terms, answer and record rebuilt from the inference's events
+        (the Ledger stores only a hash of the record), checked against that hash."""
+        state = self.state(inference_id)
+        if state.status == NONE:
+            return InferenceInfo(NONE, ZERO_ADDRESS, ZERO_ADDRESS, b"\0" * 32, b"\0" * 32, 0, 0, 0,
+                                 b"\0" * 32, b"\0" * 32, 0)
+        topic = {"inference_id": inference_id}
+        events = self.ledger.events
+        logs = events.Started().get_logs(from_block=self.start_block, argument_filters=topic)
+        if not logs:
+            raise LookupError(f"no Started event of 0x{inference_id.hex()} from block {self.start_block}")
+        started = logs[0]
+        record = records.from_started(started["args"])
+        for log in events.QuorumRequested().get_logs(from_block=started["blockNumber"], argument_filters=topic):
+            record = records.with_quorum(record, log["args"]["quorum"])
+        done = events.Finished().get_logs(from_block=started["blockNumber"], argument_filters=topic)
+        answer = done[0]["args"] if done else {}
+        if done:
+            record = records.finished(record, answer, done[0]["blockNumber"])
+        if record.record_hash() != state.record_hash:
+            raise LookupError(f"the events of 0x{inference_id.hex()} do not rebuild its record")
+        return InferenceInfo(
+            status=state.status, client=record.client, executor=record.executor,
+            model_id=record.model_id, request_hash=bytes(started["args"]["request_hash"]),
+            lock=record.max_tokens * record.price, cost=answer.get("cost", 0),
+            finish_block=record.finish_block, response_hash=bytes(answer.get("response_hash", b"\0" * 32)),
+            artifact_digest=bytes(answer.get("artifact_digest", b"\0" * 32)),
+            completion_tokens=record.completion_tokens, record=record)
 
-    def validator_of(self, inference_id: bytes) -> str:
-        return self.client.ledger.functions.validatorOf(inference_id).call()
+    def validators_of(self, record: Record) -> list[str]:
+        """The validators assigned to a finished inference (empty: not validated)."""
+        return list(self.ledger.functions.validatorsOf(record.as_tuple()).call())
+
+    def dispute(self, inference_id: bytes) -> DisputeInfo:
+        (executor, accuser, _model, opened_block, epoch, _valid, _invalid, _validators, _jury, _seated,
+         voted_mask, is_open) = self.ledger.functions.disputes(inference_id).call()
+        return DisputeInfo(executor, accuser, opened_block, epoch, voted_mask, is_open)
+
+    def jury_of(self, inference_id: bytes) -> list[str]:
+        """A dispute's jury: as seated by the first vote, else drawn as the Ledger will draw it,
+        from keccak(id ‖ blockhash(opened_block + 1)); that block must exist."""
+        (executor, accuser, model_id, opened_block, _epoch, _valid, _invalid, _validators, jury, seated,
+         _voted, _open) = self.ledger.functions.disputes(inference_id).call()
+        if seated:
+            return list(jury)
+        rand = keccak(inference_id + self.blockhash(opened_block + 1))
+        size = self.ledger.functions.jury_size().call()
+        return list(self.registry.functions.drawDistinct(model_id, rand, [executor, accuser], size).call())
+
+    def account(self, participant: str, epoch: int) -> Account:
+        return Account(*self.ledger.functions.accounts(to_checksum_address(participant), epoch).call())
+
+    def epoch(self, epoch: int) -> Epoch:
+        return Epoch(*self.ledger.functions.epochs(epoch).call())
+
+    def epoch_of(self, block: int) -> int:
+        return self.ledger.functions.epochOf(block).call()
+
+    def claim_block(self, epoch: int) -> int:
+        return self.ledger.functions.claimBlock(epoch).call()
 
     def validation_window(self) -> int:
-        return self.client.ledger.functions.validation_window().call()
+        return self.ledger.functions.validation_window().call()
+
+    def jury_window(self) -> int:
+        return self.ledger.functions.jury_window().call()

@@ -40,6 +40,8 @@ class NodeSettings(BaseSettings):
     max_prompt_chars: int = Field(default=16_384, ge=1)
     max_tokens: int = Field(default=1024, ge=1)
     request_timeout: float = Field(default=120.0, gt=0)
+    # seconds a registry entry or the head block may be reused on the request path
+    chain_cache_ttl: float = Field(default=1.0, ge=0)
     # seconds between chain polls of the role loops
     poll_interval: float = Field(default=1.0, gt=0)
     # extra artifact sources tried after this node's own store and the executor's /ipfs route

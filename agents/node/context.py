@@ -1,16 +1,18 @@
-"""What every role of a node shares: its key, chain view, state, outbox, store, HTTP client, metrics."""
+"""What every role of a node shares: its key, chain view, state, outbox, store, HTTP client, metrics,
+and the cached chain reads of the request path."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from agents.node.chain_view import ChainView
+from agents.node.cache import TtlCache
+from agents.node.chain_view import ChainView, Head, Model, ParticipantInfo
 from agents.node.config import NodeSettings
 from agents.node.metrics import NodeMetrics
 from agents.node.state import NodeState
@@ -31,6 +33,10 @@ class NodeContext:
     http: httpx.AsyncClient
     metrics: NodeMetrics
     domain: Domain
+    cache: TtlCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = TtlCache(self.settings.chain_cache_ttl)
 
     @property
     def address(self) -> str:
@@ -41,5 +47,19 @@ class NodeContext:
         return model_id(self.settings.model)
 
     async def read(self, fn: Callable[..., T], *args) -> T:
-        """A blocking chain read, off the event loop."""
+        """A blocking call (a chain read, a disk write), off the event loop."""
         return await asyncio.to_thread(fn, *args)
+
+    # cached reads (agents.node.cache says why each is safe to cache) ------------------------
+
+    async def model(self, mid: bytes) -> Model:
+        return await self.cache.get(("model", mid), lambda: self.read(self.chain.model, mid))
+
+    async def participant(self, address: str) -> ParticipantInfo:
+        return await self.cache.get(("participant", address.lower()),
+                                    lambda: self.read(self.chain.participant, address))
+
+    async def head(self, at_least: int = 0) -> Head:
+        """A recent head, at most `chain_cache_ttl` old and at least block `at_least`."""
+        return await self.cache.get("head", lambda: self.read(self.chain.head),
+                                    lambda head: head.number >= at_least)

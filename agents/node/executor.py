@@ -7,22 +7,25 @@ logprobs it asked for, then stores the artifact, queues `finish`, and signs an E
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import httpx
 import numpy as np
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from agents.artifacts.cid import digest_from_cid
+from agents.chain.records import Record
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
 from agents.node.model_client import TOP_K, Generation, generation_call, strip_logprobs
 from agents.protocol import eip712
 from agents.protocol.messages import RECEIPT_FIELD, ExecuteOrder, ExecutionReceipt
+from agents.protocol.requests import InferenceRequest
 from agents.verification.artifact import Artifact
 from agents.verification.noise import seed_from_inference_id
 
@@ -41,7 +44,8 @@ def parse_order(raw: bytes) -> ExecuteOrder:
 
 
 async def check_order(ctx: NodeContext, order: ExecuteOrder) -> bytes:
-    """Every check before running anything; returns the inference id."""
+    """Every check before running anything; returns the inference id. The local checks come first,
+    so a forged order costs no chain read."""
     try:
         signer = order.verify()
     except ValueError as exc:
@@ -49,10 +53,6 @@ async def check_order(ctx: NodeContext, order: ExecuteOrder) -> bytes:
     if signer.lower() != order.gateway.lower():
         raise ApiError(401, f"order is signed by {signer}, not by gateway {order.gateway}",
                        "signature_mismatch", "signature")
-    gateway = await ctx.read(ctx.chain.participant, order.gateway)
-    if not gateway.active:
-        raise ApiError(403, f"gateway {order.gateway} is not a registered participant",
-                       "unknown_gateway", "gateway")
     request = order.request
     if request.model != ctx.settings.model:
         raise ApiError(404, f"model '{request.model}' is not served by this executor",
@@ -71,11 +71,17 @@ async def check_order(ctx: NodeContext, order: ExecuteOrder) -> bytes:
     if client is None or client.lower() != request.client.lower():
         raise ApiError(401, f"client signature is not by {request.client}", "signature_mismatch",
                        "client_signature")
-    head = await ctx.read(ctx.chain.block_number)
+    # the gateway's head may be newer than this node's cached one
+    head = (await ctx.head(at_least=order.seed_block)).number
     if not head - BLOCKHASH_WINDOW < order.seed_block <= head:
         raise ApiError(400, f"seed block {order.seed_block} is not within the last "
                        f"{BLOCKHASH_WINDOW} blocks (head {head})", "stale_seed_block", "seed_block")
-    drawn = await ctx.read(ctx.chain.draw_executor, ctx.model_id, inference_id, order.seed_block)
+    gateway, drawn = await asyncio.gather(
+        ctx.participant(order.gateway),
+        ctx.read(ctx.chain.draw_executor, ctx.model_id, inference_id, order.seed_block))
+    if not gateway.active:
+        raise ApiError(403, f"gateway {order.gateway} is not a registered participant",
+                       "unknown_gateway", "gateway")
     if drawn.lower() != ctx.address.lower():
         raise ApiError(403, f"this node is not the drawn executor: the draw picks {drawn}",
                        "not_drawn_executor", "seed_block")
@@ -93,15 +99,34 @@ def build_artifact(order: ExecuteOrder, seed: int, gen: Generation) -> bytes:
                           np.asarray(gen.top_logprobs, dtype=np.float64).reshape(shape)).encode()
 
 
+def started_record(ctx: NodeContext, request: InferenceRequest, inference_id: bytes,
+                   price: int) -> Record:
+    """The record the gateway's `start` stores, known here without waiting for it to land: the
+    terms come from the signed request, the price from the Registry (a price change in between
+    makes the finish revert with "ledger: record mismatch")."""
+    return Record(inference_id=inference_id, client=to_checksum_address(request.client),
+                  executor=ctx.address, model_id=ctx.model_id, price=price,
+                  max_tokens=request.max_tokens, deadline=request.deadline)
+
+
+def record(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes, gen: Generation,
+           response_hash: bytes, started: Record) -> str:
+    """Store the artifact, then queue `finish` (the outbox holds it until the start lands); the
+    order matters: a finish must never point at an artifact that was not stored. Blocking."""
+    cid = ctx.store.put(build_artifact(order, seed_from_inference_id(inference_id), gen))
+    ctx.outbox.enqueue("finish", "0x" + inference_id.hex(),
+                       [started.as_tuple(), "0x" + response_hash.hex(),
+                        "0x" + digest_from_cid(cid).hex(), len(gen.token_ids)])
+    return cid
+
+
 async def conclude(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
                    gen: Generation) -> ExecutionReceipt:
-    """Store the artifact, queue `finish` (the outbox holds it until the start lands), sign the receipt."""
-    seed = seed_from_inference_id(inference_id)
-    cid = await ctx.read(ctx.store.put, build_artifact(order, seed, gen))
+    """Record the answer (one trip off the event loop for the encoding and both writes), sign the receipt."""
     response_hash = keccak(text=gen.text)
-    ctx.outbox.enqueue("finish", "0x" + inference_id.hex(),
-                       ["0x" + inference_id.hex(), "0x" + response_hash.hex(),
-                        "0x" + digest_from_cid(cid).hex(), len(gen.token_ids)])
+    started = started_record(ctx, order.request, inference_id,
+                             (await ctx.model(ctx.model_id)).price)
+    cid = await ctx.read(record, ctx, order, inference_id, gen, response_hash, started)
     ctx.metrics.completion_tokens.inc(len(gen.token_ids))
     log.info("executor: inference 0x%s answered with %d tokens, artifact %s", inference_id.hex(),
              len(gen.token_ids), cid)

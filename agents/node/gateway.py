@@ -8,6 +8,7 @@ refusal happens before anything is recorded or queued.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import httpx
 from eth_utils import to_checksum_address
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from agents.node.chain_view import NONE, ZERO_ADDRESS
@@ -39,6 +40,14 @@ class Auth:
     deadline: int
     max_price: int
     signature: bytes
+
+
+@dataclass(frozen=True)
+class Admission:
+    inference_id: bytes
+    lock: int
+    seed_block: int  # a recent block whose hash seeds the executor draw
+    executor: str  # the drawn one, or the zero address when nobody serves the model
 
 
 def _int_header(headers, name: str) -> int:
@@ -122,46 +131,55 @@ def check_signature(request: InferenceRequest, domain: eip712.Domain, signature:
                        "signature_mismatch", H_SIGNATURE)
 
 
-async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes) -> tuple[bytes, int]:
-    """All checks before anything is recorded; returns (inference_id, lock)."""
+async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes) -> Admission:
+    """All checks before anything is recorded. The local ones come first, so a forged or malformed
+    request costs no chain read; the chain reads then go out together."""
     s = ctx.settings
-    mid = eip712.model_id(request.model)
     if request.model != s.model:
         raise ApiError(404, f"model '{request.model}' is not served by this gateway",
-                       "model_not_found", "model")
-    model = await ctx.read(ctx.chain.model, mid)
-    if not model.active:
-        raise ApiError(404, f"model '{request.model}' is not registered on chain",
                        "model_not_found", "model")
     check_limits(request, s.max_prompt_chars, s.max_tokens)
     if request.deadline <= time.time():
         raise ApiError(400, f"request expired: deadline {request.deadline} has passed",
                        "request_expired", H_DEADLINE)
     check_signature(request, ctx.domain, signature)
+    inference_id = eip712.inference_id(request, ctx.domain)
+    if ctx.state.nonce_used(request.client, request.nonce):
+        raise _nonce_reused(request)
+    mid = eip712.model_id(request.model)
+    seed_block = (await ctx.head()).number
+    model, info, escrow, in_flight, executor = await asyncio.gather(
+        ctx.model(mid), ctx.read(ctx.chain.state, inference_id),
+        ctx.read(ctx.chain.escrow_of, request.client), in_flight_locks(ctx, request.client),
+        ctx.read(ctx.chain.draw_executor, mid, inference_id, seed_block))
+    if not model.active:
+        raise ApiError(404, f"model '{request.model}' is not registered on chain",
+                       "model_not_found", "model")
     if model.price > request.max_price:
         raise ApiError(400, f"max_price {request.max_price} is below the model price {model.price}",
                        "max_price_too_low", H_MAX_PRICE)
-    inference_id = eip712.inference_id(request, ctx.domain)
-    if ctx.state.nonce_used(request.client, request.nonce) or \
-            (await ctx.read(ctx.chain.inference, inference_id)).status != NONE:
-        raise ApiError(409, f"nonce {request.nonce} of client {request.client} was already used",
-                       "nonce_reused", H_NONCE)
+    if info.status != NONE:
+        raise _nonce_reused(request)
     lock = request.max_tokens * model.price
-    escrow = await ctx.read(ctx.chain.escrow_of, request.client)
-    in_flight = await in_flight_locks(ctx, request.client)
     if escrow - in_flight < lock:
         raise ApiError(402, f"insufficient escrow: {escrow} deposited, {in_flight} in flight, "
                        f"{lock} needed", "insufficient_escrow")
-    return inference_id, lock
+    return Admission(inference_id, lock, seed_block, executor)
+
+
+def _nonce_reused(request: InferenceRequest) -> ApiError:
+    return ApiError(409, f"nonce {request.nonce} of client {request.client} was already used",
+                    "nonce_reused", H_NONCE)
 
 
 async def in_flight_locks(ctx: NodeContext, client: str) -> int:
     """Locks of this client's accepted requests that the chain does not yet show as started."""
+    pending = ctx.state.pending_locks(client)
+    infos = await asyncio.gather(*(ctx.read(ctx.chain.state, i) for i, _, _ in pending))
     total = 0
     now = time.time()
-    for inference_id, lock, deadline in ctx.state.pending_locks(client):
-        started = (await ctx.read(ctx.chain.inference, inference_id)).status != NONE
-        if started or deadline < now:  # the chain holds it, or the Ledger will refuse to start it
+    for (inference_id, lock, deadline), info in zip(pending, infos):
+        if info.status != NONE or deadline < now:  # the chain holds it, or the Ledger will refuse to start it
             ctx.state.release_lock(inference_id)
         else:
             total += lock
@@ -169,26 +187,28 @@ async def in_flight_locks(ctx: NodeContext, client: str) -> int:
 
 
 async def dispatch(ctx: NodeContext, request: InferenceRequest, signature: bytes, stream: bool):
-    inference_id, lock = await admit(ctx, request, signature)
-    seed_block = await ctx.read(ctx.chain.block_number)
-    mid = eip712.model_id(request.model)
-    executor = await ctx.read(ctx.chain.draw_executor, mid, inference_id, seed_block)
+    a = await admit(ctx, request, signature)
+    inference_id, seed_block, executor = a.inference_id, a.seed_block, a.executor
     if executor == ZERO_ADDRESS:
         raise ApiError(503, f"no participant serves model '{request.model}'", "no_executor", "model")
-    url = (await ctx.read(ctx.chain.participant, executor)).url
-    if not ctx.state.claim_nonce(request.client, request.nonce, inference_id, lock, request.deadline):
-        raise ApiError(409, f"nonce {request.nonce} of client {request.client} was already used",
-                       "nonce_reused", H_NONCE)
+    url = (await ctx.participant(executor)).url
+    if not ctx.state.claim_nonce(request.client, request.nonce, inference_id, a.lock, request.deadline):
+        raise _nonce_reused(request)
     order = ExecuteOrder(request=request, client_signature="0x" + signature.hex(),
                          inference_id="0x" + inference_id.hex(), seed_block=seed_block,
                          gateway=ctx.address, stream=stream).sign(ctx.account.key)
-    ctx.outbox.enqueue("start", "0x" + inference_id.hex(), start_args(request, signature, seed_block,
-                                                                      executor))
+    # The start is queued (a durable SQLite write) while the executor already works.
+    queued = asyncio.create_task(asyncio.to_thread(
+        ctx.outbox.enqueue, "start", "0x" + inference_id.hex(),
+        start_args(request, signature, seed_block, executor)))
     ctx.state.watch("expire", inference_id, request.deadline)
     log.info("gateway: inference 0x%s to executor %s (seed block %d)", inference_id.hex(), executor,
              seed_block)
     headers = {H_INFERENCE_ID: "0x" + inference_id.hex(), H_EXECUTOR: executor}
-    return await forward(ctx, url, order, headers)
+    try:
+        return await forward(ctx, url, order, headers)
+    finally:
+        await queued
 
 
 def start_args(request: InferenceRequest, signature: bytes, seed_block: int, executor: str) -> list:
@@ -207,7 +227,8 @@ async def forward(ctx: NodeContext, url: str, order: ExecuteOrder, headers: dict
             r = await ctx.http.post(target, json=body, timeout=timeout)
             if r.status_code != 200:
                 raise _executor_error(headers[H_EXECUTOR], r)
-            return JSONResponse(r.json(), headers=headers)
+            # relayed as is: the client checks the executor's receipt, not the gateway
+            return Response(r.content, media_type="application/json", headers=headers)
         upstream = await ctx.http.send(ctx.http.build_request("POST", target, json=body,
                                                               timeout=timeout), stream=True)
     except httpx.HTTPError as exc:

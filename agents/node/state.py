@@ -3,8 +3,11 @@
 - `nonces`: every (client, nonce) this gateway accepted, so a replay is refused even before its
   start lands on chain, with the lock it holds until the chain shows the start.
 - `executions`: inference ids this executor ran, so an order is executed once.
-- `watch`: inferences a role waits on: the validator (assignment after a finish), the keeper
-  (settle after the window as executor, expire after the deadline as gateway).
+- `watch`: inferences a role waits on, each until a block or a time: the validator (its assignment
+  after a finish), the juror (its jury after a dispute opens), the keeper (lazy validators after
+  the window as executor, expiry after the deadline as gateway, resolution after a dispute's
+  deadline).
+- `cursors`: named counters, such as the next epoch whose claim the keeper has to look at.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ CREATE TABLE IF NOT EXISTS executions (inference_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS watch (
     role TEXT NOT NULL, inference_id TEXT NOT NULL, due INTEGER NOT NULL,
     PRIMARY KEY (role, inference_id));
+CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
@@ -30,6 +34,10 @@ class NodeState:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL survives a crash of the process and skips an fsync per request on the
+        # gateway's path; only a power loss can drop the last commits, and then the Ledger's own
+        # "already started" check still stops a replay of a request whose start has landed.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
@@ -89,3 +97,12 @@ class NodeState:
 
     def watching(self, role: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM watch WHERE role=?", (role,)).fetchone()[0]
+
+    # cursors -------------------------------------------------------------------------------
+
+    def cursor(self, name: str, default: int = 0) -> int:
+        row = self._db.execute("SELECT value FROM cursors WHERE name=?", (name,)).fetchone()
+        return default if row is None else row[0]
+
+    def set_cursor(self, name: str, value: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO cursors VALUES (?, ?)", (name, value))

@@ -15,10 +15,11 @@ from fastapi import FastAPI, Request, Response
 
 from agents.chain.client import ChainClient, ChainUnavailable
 from agents.chain.outbox import ItemStatus, Outbox
+from agents.chain.records import Record
 from agents.protocol.eip712 import Domain, inference_id, sign_request
 from agents.protocol.requests import InferenceRequest
 
-STARTED, FINISHED, SETTLED = 1, 2, 5
+STARTED, FINISHED, EXPIRED = 1, 2, 6
 _nonces = itertools.count(1)
 
 
@@ -41,12 +42,12 @@ def market(anvil, deployed, make_model, make_participant, make_client, new_accou
     return Market(name, executor, make_client(), gateway, Domain(31337, deployed.ledger))
 
 
-def new_start(m: Market, *, forge: bool = False) -> tuple[str, list]:
+def new_start(m: Market, *, forge: bool = False, lifetime: int = 3600) -> tuple[str, list]:
     """A fresh signed request as the gateway would start it: (inference id hex, StartArgs)."""
     w3 = m.gateway.w3
     latest = w3.eth.get_block("latest")
     request = InferenceRequest(model=m.name, prompt="hi", max_tokens=16, max_price=10, nonce=next(_nonces),
-                               deadline=latest["timestamp"] + 3600, client=m.client.address)
+                               deadline=latest["timestamp"] + lifetime, client=m.client.address)
     iid = inference_id(request, m.domain)
     signature = sign_request(request, m.domain, (m.gateway if forge else m.client).account.key)
     seed = keccak(iid + latest["hash"])
@@ -56,12 +57,18 @@ def new_start(m: Market, *, forge: bool = False) -> tuple[str, list]:
     return "0x" + iid.hex(), args
 
 
-def finish_args(iid: str, tokens: int = 5) -> list:
-    return [iid, keccak(text="answer"), b"\x22" * 32, tokens]
+def record_of(iid: str, start: list) -> tuple:
+    """The record `start` stores for these StartArgs (the market's price is 10 per token)."""
+    client, model, _request_hash, max_tokens, _max_price, _nonce, deadline, _sig, _seed, executor = start
+    return Record(bytes.fromhex(iid[2:]), client, executor, model, 10, max_tokens, deadline).as_tuple()
+
+
+def finish_args(iid: str, start: list, tokens: int = 5) -> list:
+    return [record_of(iid, start), keccak(text="answer"), b"\x22" * 32, tokens]
 
 
 def status_of(m: Market, iid: str) -> int:
-    return m.gateway.ledger.functions.inference(iid).call()[0]
+    return m.gateway.ledger.functions.stateOf(iid).call()[0]
 
 
 @pytest.fixture
@@ -83,21 +90,24 @@ def outbox_at(tmp_path):
 
 def test_enqueue__same_kind_and_key__ignored(market, outbox_at):
     outbox = outbox_at(market.gateway)
-    assert outbox.enqueue("settle", "0xaa", "0x" + "aa" * 32)
-    assert not outbox.enqueue("settle", "0xaa", "0x" + "bb" * 32)
-    assert outbox.enqueue("expire", "0xaa", "0x" + "aa" * 32)  # another kind, another item
+    assert outbox.enqueue("resolve", "0xaa", ["0x" + "aa" * 32])
+    assert not outbox.enqueue("resolve", "0xaa", ["0x" + "bb" * 32])
+    assert outbox.enqueue("expire", "0xaa", ["0x" + "aa" * 32])  # another kind, another item
     assert outbox.counts() == {"pending": 2, "sent": 0, "done": 0, "failed": 0}
-    assert outbox.status("settle", "0xaa").state == "pending"
+    assert outbox.status("resolve", "0xaa").state == "pending"
     assert outbox.status("finish", "0xaa") is None
 
 
 @pytest.mark.parametrize(
     "kind, key, args, message",
     [
-        ("mint", "k", 1, "unknown outbox kind 'mint': expected one of start, finish, validate, settle, expire"),
-        ("settle", "", "0x00", "outbox key must be a non-empty string"),
-        ("validate", "k", ["0x00", True], "validate args must be (inference_id, passed, score)"),
-        ("settle", "k", object(), "settle args are not JSON-serializable: object"),
+        ("mint", "k", 1, "unknown outbox kind 'mint': expected one of start, finish, validate, vote, "
+                         "resolve, report_lazy, expire, claim"),
+        ("expire", "", "0x00", "outbox key must be a non-empty string"),
+        ("validate", "k", ["0x00", True], "validate args must be (record, passed, score)"),
+        ("vote", "k", "0x00", "vote args must be (inference_id, valid)"),
+        ("claim", "k", ["0x00"], "claim args must be (participant, epoch)"),
+        ("expire", "k", object(), "expire args are not JSON-serializable: object"),
     ],
 )
 def test_enqueue__malformed__rejected_and_nothing_stored(market, outbox_at, kind, key, args, message):
@@ -127,7 +137,7 @@ async def test_outbox__starts_then_finishes__one_batch_transaction_each(market, 
     assert [status_of(market, iid) for iid, _ in starts] == [STARTED] * 3
 
     for iid, _ in starts:
-        executor.enqueue("finish", iid, finish_args(iid))
+        executor.enqueue("finish", iid, finish_args(iid, args))
     assert await executor.flush() == 3
     assert len({executor.status("finish", iid).tx_hash for iid, _ in starts}) == 1
     assert [status_of(market, iid) for iid, _ in starts] == [FINISHED] * 3
@@ -138,7 +148,7 @@ async def test_outbox__starts_then_finishes__one_batch_transaction_each(market, 
 async def test_outbox__start_and_finish_in_one_flush__start_goes_first(market, outbox_at):
     outbox = outbox_at(market.executor)  # an executor may start its own inferences too
     iid, args = new_start(market)
-    outbox.enqueue("finish", iid, finish_args(iid))  # queued first, sent second
+    outbox.enqueue("finish", iid, finish_args(iid, args))  # queued first, sent second
     outbox.enqueue("start", iid, args)
     assert await outbox.flush() == 2
     assert status_of(market, iid) == FINISHED
@@ -173,7 +183,7 @@ async def test_outbox__finish_before_start__deferred_then_done(market, outbox_at
     gateway = outbox_at(market.gateway, "gateway")
     executor = outbox_at(market.executor, "executor", defer_delay=0.0)
     iid, args = new_start(market)
-    executor.enqueue("finish", iid, finish_args(iid))
+    executor.enqueue("finish", iid, finish_args(iid, args))
     assert await executor.flush() == 1
     deferred = executor.status("finish", iid)
     assert (deferred.state, deferred.attempts, deferred.error) == ("pending", 1, "ledger: not started")
@@ -192,7 +202,7 @@ async def test_outbox__finish_batch_with_unstarted_item__rest_batched_one_deferr
         gateway.enqueue("start", iid, args)
     await gateway.flush()
     for iid, _ in starts:
-        executor.enqueue("finish", iid, finish_args(iid))
+        executor.enqueue("finish", iid, finish_args(iid, args))
     assert await executor.flush() == 3
     done = [executor.status("finish", iid) for iid, _ in starts[:2]]
     assert [s.state for s in done] == ["done", "done"] and done[0].tx_hash == done[1].tx_hash
@@ -202,8 +212,8 @@ async def test_outbox__finish_batch_with_unstarted_item__rest_batched_one_deferr
 
 async def test_outbox__finish_never_started__fails_after_deferrals(market, outbox_at):
     outbox = outbox_at(market.executor, max_deferrals=2, defer_delay=0.0)
-    iid, _ = new_start(market)
-    outbox.enqueue("finish", iid, finish_args(iid))
+    iid, args = new_start(market)
+    outbox.enqueue("finish", iid, finish_args(iid, args))
     for attempts in (1, 2):
         await outbox.flush()
         assert outbox.status("finish", iid).attempts == attempts
@@ -214,47 +224,46 @@ async def test_outbox__finish_never_started__fails_after_deferrals(market, outbo
 
 async def test_outbox__deferred_item__waits_for_its_delay(market, outbox_at):
     outbox = outbox_at(market.executor, defer_delay=3600.0)
-    iid, _ = new_start(market)
-    outbox.enqueue("finish", iid, finish_args(iid))
+    iid, args = new_start(market)
+    outbox.enqueue("finish", iid, finish_args(iid, args))
     await outbox.flush()
     assert await outbox.flush() == 0  # not due for an hour: not even estimated
     assert outbox.status("finish", iid).attempts == 1
 
 
-async def test_outbox__settle_batch_after_window__settled(market, outbox_at, anvil):
-    outbox = outbox_at(market.executor)
-    starts = [new_start(market) for _ in range(2)]
+async def test_outbox__expire_batch_after_deadline__expired(market, outbox_at, anvil):
+    outbox = outbox_at(market.gateway)
+    starts = [new_start(market, lifetime=5) for _ in range(2)]
     for iid, args in starts:
         outbox.enqueue("start", iid, args)
-        outbox.enqueue("finish", iid, finish_args(iid))
     await outbox.flush()
     early = starts[0][0]
-    outbox.enqueue("settle", early, early)
+    outbox.enqueue("expire", early, record_of(*starts[0]))
     await outbox.flush()
-    assert outbox.status("settle", early).error == "ledger: window open"
+    assert outbox.status("expire", early).error == "ledger: not expired"
 
-    anvil.mine(market.gateway.ledger.functions.validation_window().call() + 1)
-    for iid, _ in starts[1:]:
-        outbox.enqueue("settle", iid, iid)
-    other = outbox_at(market.gateway, "keeper")  # anyone may settle
-    for iid, _ in starts:
-        other.enqueue("settle", iid, iid)
-    assert await other.flush() == 2
-    assert len({other.status("settle", iid).tx_hash for iid, _ in starts}) == 1
-    assert [status_of(market, iid) for iid, _ in starts] == [SETTLED, SETTLED]
+    window = market.gateway.ledger.functions.validation_window().call()
+    anvil.w3.provider.make_request("evm_increaseTime", [5 + window + 1])  # the Ledger counts seconds
+    anvil.mine(1)
+    keeper = outbox_at(market.executor, "keeper")  # anyone may expire
+    for iid, args in starts:
+        keeper.enqueue("expire", iid, record_of(iid, args))
+    assert await keeper.flush() == 2
+    assert len({keeper.status("expire", iid).tx_hash for iid, _ in starts}) == 1  # one expireBatch
+    assert [status_of(market, iid) for iid, _ in starts] == [EXPIRED, EXPIRED]
 
 
-async def test_outbox__validate_and_expire__single_calls_with_reasons(market, outbox_at):
+async def test_outbox__validate_vote_and_claim__single_calls_with_reasons(market, outbox_at):
     outbox = outbox_at(market.gateway)
     iid, args = new_start(market)
     outbox.enqueue("start", iid, args)
-    outbox.enqueue("validate", iid, [iid, True, 100])
-    outbox.enqueue("expire", iid, iid)
-    assert await outbox.flush() == 3
+    outbox.enqueue("validate", iid, [record_of(iid, args), True, 100])
+    outbox.enqueue("vote", iid, [iid, True])
+    outbox.enqueue("claim", iid, [market.gateway.address, 10**6])
+    assert await outbox.flush() == 4
     assert outbox.status("start", iid).state == "done"
-    assert (outbox.status("validate", iid).state, outbox.status("validate", iid).error) == (
-        "failed", "ledger: not finished")
-    assert outbox.status("expire", iid).error == "ledger: not expired"
+    assert [(outbox.status(kind, iid).state, outbox.status(kind, iid).error) for kind in ("validate", "vote", "claim")] == [
+        ("failed", "ledger: not finished"), ("failed", "ledger: no dispute"), ("failed", "ledger: epoch not settled")]
 
 
 # --- restarts and outages ---------------------------------------------------------------------

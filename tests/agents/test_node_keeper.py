@@ -1,45 +1,72 @@
-"""Keeper and validator bookkeeping: what each queues, and when, from the state it keeps.
+"""Keeper bookkeeping: what it queues, and when, from the state it keeps.
 
-The chain reads are stood in for by `StandInChain` (and the artifact store by an empty one):
-reaching a closed window or a passed deadline on the session's shared anvil would mean warping
-time under every other test. The state is the real SQLite store; the outbox stand-in records
-what would be queued.
+The chain reads are stood in for by `StandInChain`: reaching a closed window, a passed deadline or
+a settled epoch on the session's shared anvil would mean mining or warping time under every other
+test. The state is the real SQLite store; the outbox stand-in records what would be queued.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from eth_account import Account
+from eth_account import Account as EthAccount
 
-from agents.node import keeper, validator
-from agents.artifacts.store import ArtifactNotFound
-from agents.node.chain_view import FINISHED, NONE, STARTED, VALIDATED, ZERO_ADDRESS
+from agents.chain.records import Record
+from agents.node import keeper
+from agents.node.chain_view import (CLAIMED, DISPUTED, FINISHED, FORFEITED, INELIGIBLE, NONE,
+                                    STARTED, VALIDATED, Account, DisputeInfo, Epoch, InferenceState)
 from agents.node.metrics import NodeMetrics
 from agents.node.state import NodeState
 
-ME = Account.from_key("0x" + "51" * 32)
+ME = EthAccount.from_key("0x" + "51" * 32).address
 OTHER = "0x" + "52" * 20
-WINDOW = 10
+THIRD = "0x" + "53" * 20
+WINDOW = 8
+EPOCH_LENGTH, SETTLEMENT = 30, 20
 
 
+def record(inference_id: bytes, finish_block: int = 100) -> Record:
+    return Record(inference_id, OTHER, ME, b"\x01" * 32, 10, 16, 2_000_000_000,
+                  completion_tokens=5, finish_block=finish_block, p_bps=10_000)
+
+
+@dataclass
 class StandInChain:
-    def __init__(self, statuses: dict[bytes, int], validator: str = ME.address):
-        self.statuses = statuses
-        self.validator = validator
+    statuses: dict[bytes, int] = field(default_factory=dict)
+    validators: list[str] = field(default_factory=lambda: [OTHER])
+    voted_mask: int = 0
+    disputes: dict[bytes, bool] = field(default_factory=dict)  # id -> open
+    accounts: dict[int, Account] = field(default_factory=dict)
+    epochs: dict[int, Epoch] = field(default_factory=dict)
 
     def inference(self, inference_id: bytes):
         return SimpleNamespace(status=self.statuses[inference_id], finish_block=100,
-                               executor=ZERO_ADDRESS, artifact_digest=b"\x09" * 32)
+                               record=record(inference_id))
 
-    def validator_of(self, inference_id: bytes) -> str:
-        return self.validator
+    def validators_of(self, rec: Record) -> list[str]:
+        assert rec.finish_block == 100  # the record, not an id, goes to the Ledger
+        return self.validators
 
+    def state(self, inference_id: bytes) -> InferenceState:
+        return InferenceState(self.statuses[inference_id], b"", self.voted_mask, 0)
 
-class EmptyStore:
-    def get(self, cid: str) -> bytes:
-        raise ArtifactNotFound(f"artifact {cid} not found")
+    def dispute(self, inference_id: bytes) -> DisputeInfo:
+        return DisputeInfo(ME, OTHER, 100, 3, 0, self.disputes[inference_id])
+
+    def epoch_of(self, block: int) -> int:
+        return block // EPOCH_LENGTH
+
+    def claim_block(self, epoch: int) -> int:
+        return (epoch + 1) * EPOCH_LENGTH + SETTLEMENT
+
+    def epoch(self, epoch: int) -> Epoch:
+        return self.epochs.get(epoch, Epoch(0, 0, 0))
+
+    def account(self, participant: str, epoch: int) -> Account:
+        assert participant == ME
+        return self.accounts.get(epoch, Account(0, 0, 0, 0))
 
 
 class RecordingOutbox:
@@ -51,78 +78,135 @@ class RecordingOutbox:
         return True
 
 
-def _ctx(tmp_path, statuses, validator_address: str = ME.address):
+def _ctx(tmp_path, chain: StandInChain):
     async def read(fn, *args):
         return fn(*args)
 
-    return SimpleNamespace(address=ME.address, state=NodeState(tmp_path / "node.sqlite"),
-                           chain=StandInChain(statuses, validator_address), outbox=RecordingOutbox(),
-                           read=read, store=EmptyStore(), http=None, metrics=NodeMetrics(),
-                           settings=SimpleNamespace(artifact_gateways=[]))
+    return SimpleNamespace(address=ME, state=NodeState(tmp_path / "node.sqlite"), chain=chain,
+                           outbox=RecordingOutbox(), read=read, metrics=NodeMetrics())
 
 
-async def test_keeper__own_finish__settled_only_after_window(tmp_path):
+# ------------------------------------------------------------------------------ lazy validators
+
+async def test_keeper__own_finish_with_silent_validator__reported_after_window(tmp_path):
     iid = b"\x01" * 32
-    ctx = _ctx(tmp_path, {iid: FINISHED})
-    keeper.on_finished(ctx, iid, ME.address, block=100, window=WINDOW)
-    await keeper.tick(ctx, head=110, window=WINDOW)
+    ctx = _ctx(tmp_path, StandInChain({iid: FINISHED}))
+    keeper.on_finished(ctx, iid, ME, block=100, window=WINDOW)
+    await keeper.report_lazy(ctx, head=108)
     assert ctx.outbox.items == []
-    await keeper.tick(ctx, head=111, window=WINDOW)
-    assert ctx.outbox.items == [("settle", "0x" + iid.hex(), "0x" + iid.hex())]
-    await keeper.tick(ctx, head=112, window=WINDOW)
-    assert len(ctx.outbox.items) == 1
+    await keeper.report_lazy(ctx, head=109)
+    assert ctx.outbox.items == [("report_lazy", "0x" + iid.hex(), record(iid).as_tuple())]
+    assert ctx.state.watching(keeper.LAZY) == 0
 
 
-async def test_keeper__validated_meanwhile__not_settled(tmp_path):
+async def test_keeper__every_validator_submitted__nothing_reported(tmp_path):
     iid = b"\x02" * 32
-    ctx = _ctx(tmp_path, {iid: VALIDATED})
-    keeper.on_finished(ctx, iid, ME.address, block=100, window=WINDOW)
-    await keeper.tick(ctx, head=200, window=WINDOW)
+    ctx = _ctx(tmp_path, StandInChain({iid: VALIDATED}, validators=[OTHER, THIRD], voted_mask=0b11))
+    keeper.on_finished(ctx, iid, ME, block=100, window=WINDOW)
+    await keeper.report_lazy(ctx, head=109)
+    assert (ctx.outbox.items, ctx.state.watching(keeper.LAZY)) == ([], 0)
+
+
+async def test_keeper__second_of_quorum_silent__reported(tmp_path):
+    iid = b"\x03" * 32
+    ctx = _ctx(tmp_path, StandInChain({iid: DISPUTED}, validators=[OTHER, THIRD], voted_mask=0b01))
+    keeper.on_finished(ctx, iid, ME, block=100, window=WINDOW)
+    await keeper.report_lazy(ctx, head=109)
+    assert [kind for kind, _, _ in ctx.outbox.items] == ["report_lazy"]
+
+
+async def test_keeper__not_validated__nothing_reported(tmp_path):
+    iid = b"\x04" * 32
+    ctx = _ctx(tmp_path, StandInChain({iid: FINISHED}, validators=[]))
+    keeper.on_finished(ctx, iid, ME, block=100, window=WINDOW)
+    await keeper.report_lazy(ctx, head=109)
     assert ctx.outbox.items == []
-    assert ctx.state.watching(keeper.SETTLE) == 0
+
+
+async def test_keeper__epoch_settled__too_late_to_report(tmp_path):
+    iid = b"\x05" * 32
+    ctx = _ctx(tmp_path, StandInChain({iid: FINISHED}))  # finish block 100: epoch 3, claims at 140
+    ctx.state.watch(keeper.LAZY, iid, 109)
+    await keeper.report_lazy(ctx, head=140)
+    assert (ctx.outbox.items, ctx.state.watching(keeper.LAZY)) == ([], 0)
 
 
 async def test_keeper__others_finish__not_watched(tmp_path):
-    ctx = _ctx(tmp_path, {})
-    keeper.on_finished(ctx, b"\x03" * 32, OTHER, block=100, window=WINDOW)
-    assert ctx.state.watching(keeper.SETTLE) == 0
+    ctx = _ctx(tmp_path, StandInChain())
+    keeper.on_finished(ctx, b"\x06" * 32, OTHER, block=100, window=WINDOW)
+    assert ctx.state.watching(keeper.LAZY) == 0
 
 
-async def test_keeper__stale_start__expired_after_deadline_plus_window(tmp_path):
-    stale, fresh, never = b"\x04" * 32, b"\x05" * 32, b"\x06" * 32
+# ------------------------------------------------------------------------------ expiry
+
+async def test_keeper__stale_start__expired_with_its_record(tmp_path):
+    stale, fresh, never, finished = b"\x07" * 32, b"\x08" * 32, b"\x09" * 32, b"\x0a" * 32
     now = int(time.time())
-    ctx = _ctx(tmp_path, {stale: STARTED, fresh: STARTED, never: NONE})
-    ctx.state.watch(keeper.EXPIRE, stale, now - WINDOW - 5)
+    ctx = _ctx(tmp_path, StandInChain({stale: STARTED, fresh: STARTED, never: NONE, finished: FINISHED}))
+    for iid in (stale, never, finished):
+        ctx.state.watch(keeper.EXPIRE, iid, now - WINDOW - 5)
     ctx.state.watch(keeper.EXPIRE, fresh, now + 60)
-    ctx.state.watch(keeper.EXPIRE, never, now - WINDOW - 5)
     await keeper.tick(ctx, head=1, window=WINDOW)
-    assert ctx.outbox.items == [("expire", "0x" + stale.hex(), "0x" + stale.hex())]
+    assert ctx.outbox.items == [("expire", "0x" + stale.hex(), record(stale).as_tuple())]
     assert ctx.state.watching(keeper.EXPIRE) == 1  # only the fresh one is still watched
 
 
-async def test_validator__watches_others_finish_from_two_blocks_later(tmp_path):
-    iid = b"\x07" * 32
-    ctx = _ctx(tmp_path, {})
-    validator.on_finished(ctx, iid, OTHER, block=100)
-    validator.on_finished(ctx, b"\x08" * 32, ME.address, block=100)  # never its own
-    assert ctx.state.due(validator.ROLE, 101) == []
-    assert ctx.state.due(validator.ROLE, 102) == [iid]
+# ------------------------------------------------------------------------------ disputes
 
-
-async def test_validator__not_assigned__stops_watching_without_verdict(tmp_path):
-    iid = b"\x0a" * 32
-    ctx = _ctx(tmp_path, {iid: FINISHED}, validator_address=OTHER)
-    validator.on_finished(ctx, iid, OTHER, block=100)
-    await validator.tick(ctx, head=102, window=WINDOW)
-    assert (ctx.outbox.items, ctx.state.watching(validator.ROLE)) == ([], 0)
-
-
-async def test_validator__artifact_missing__retried_then_failed_as_window_closes(tmp_path):
+async def test_keeper__dispute__executor_then_accuser_then_others_resolve(tmp_path):
     iid = b"\x0b" * 32
-    ctx = _ctx(tmp_path, {iid: FINISHED})
-    validator.on_finished(ctx, iid, OTHER, block=100)
-    await validator.tick(ctx, head=107, window=WINDOW)
-    assert (ctx.outbox.items, ctx.state.watching(validator.ROLE)) == ([], 1)
-    await validator.tick(ctx, head=108, window=WINDOW)
-    assert ctx.outbox.items == [("validate", "0x" + iid.hex(), ["0x" + iid.hex(), False, 0])]
-    assert ctx.state.watching(validator.ROLE) == 0
+    for me_as, due in (({"executor": ME, "accuser": OTHER}, 111), ({"executor": OTHER, "accuser": ME}, 112),
+                       ({"executor": OTHER, "accuser": THIRD}, 113)):
+        ctx = _ctx(tmp_path / str(due), StandInChain({iid: DISPUTED}, disputes={iid: True}))
+        keeper.on_dispute_opened(ctx, iid, deadline=110, **me_as)
+        await keeper.resolve(ctx, head=due - 1)
+        assert ctx.outbox.items == []
+        await keeper.resolve(ctx, head=due)
+        assert ctx.outbox.items == [("resolve", "0x" + iid.hex(), record(iid).as_tuple())]
+
+
+async def test_keeper__dispute_resolved_by_another__not_resolved_again(tmp_path):
+    iid = b"\x0c" * 32
+    ctx = _ctx(tmp_path, StandInChain({iid: VALIDATED}, disputes={iid: False}))
+    keeper.on_dispute_opened(ctx, iid, OTHER, THIRD, deadline=110)
+    await keeper.resolve(ctx, head=120)
+    assert (ctx.outbox.items, ctx.state.watching(keeper.RESOLVE)) == ([], 0)
+
+
+# ------------------------------------------------------------------------------ claims
+
+def test_reward__share_of_pool_by_weight_only_when_eligible():
+    pool = Epoch(pool=10_000, eligible_weight=300, open_disputes=0)
+    assert keeper.reward(Account(fees=5, weight=100, validations=0, flags=0), pool) == 3_333
+    assert keeper.reward(Account(fees=5, weight=100, validations=0, flags=INELIGIBLE), pool) == 0
+    assert keeper.reward(Account(fees=5, weight=0, validations=2, flags=0), pool) == 0
+    assert keeper.reward(Account(fees=5, weight=100, validations=0, flags=0), Epoch(10_000, 0, 0)) == 0
+
+
+async def test_keeper__claims_settled_epochs_with_something_to_claim(tmp_path):
+    chain = StandInChain(
+        accounts={0: Account(fees=7, weight=7, validations=0, flags=0),        # fees and reward
+                  1: Account(fees=0, weight=0, validations=0, flags=0),        # idle: nothing
+                  2: Account(fees=3, weight=3, validations=0, flags=INELIGIBLE | FORFEITED),  # moves to the pool
+                  3: Account(fees=0, weight=0, validations=1, flags=CLAIMED)},
+        epochs={0: Epoch(pool=100, eligible_weight=7, open_disputes=0)})
+    ctx = _ctx(tmp_path, chain)
+    await keeper.claim(ctx, head=49)  # epoch 0 settles at block 50
+    assert ctx.outbox.items == []
+    await keeper.claim(ctx, head=140)  # epochs 0-3 settled
+    assert ctx.outbox.items == [("claim", f"{ME.lower()}:0", [ME, 0]), ("claim", f"{ME.lower()}:2", [ME, 2])]
+    assert ctx.state.cursor(keeper.NEXT_CLAIM) == 4
+    await keeper.claim(ctx, head=140)
+    assert len(ctx.outbox.items) == 2  # the cursor remembers
+
+
+async def test_keeper__open_dispute__holds_the_claim_cursor(tmp_path):
+    chain = StandInChain(accounts={0: Account(fees=7, weight=7, validations=0, flags=0)},
+                         epochs={0: Epoch(pool=100, eligible_weight=7, open_disputes=1)})
+    ctx = _ctx(tmp_path, chain)
+    await keeper.claim(ctx, head=200)
+    assert (ctx.outbox.items, ctx.state.cursor(keeper.NEXT_CLAIM)) == ([], 0)
+    chain.epochs[0] = Epoch(pool=100, eligible_weight=7, open_disputes=0)
+    await keeper.claim(ctx, head=200)
+    assert ctx.outbox.items == [("claim", f"{ME.lower()}:0", [ME, 0])]
+

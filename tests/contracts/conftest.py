@@ -8,11 +8,12 @@ proves the Python and Vyper sides agree on the typed data.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from eth_utils import keccak
 
+from agents.chain.records import Record
 from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
 from agents.protocol.requests import InferenceRequest
 
@@ -25,9 +26,15 @@ MIN_STAKE = 100 * TOKEN
 STAKE = 1_000 * TOKEN
 UNBONDING = 20
 WINDOW = 8  # blocks, and seconds after a deadline for expiry
+JURY_WINDOW = 6
+JURY_SIZE = 3
+EPOCH = 40
+SETTLEMENT = 20
 MAX_REPUTATION = 4
 SLASH_BPS = 1_000
 FEE_BPS = 2_000
+PENALTY_BPS = 500
+PARAMS = (WINDOW, JURY_WINDOW, JURY_SIZE, EPOCH, SETTLEMENT, MAX_REPUTATION, SLASH_BPS, FEE_BPS, PENALTY_BPS)
 FUNDS = 10 * TOKEN
 ZERO = "0x" + "00" * 20
 
@@ -45,7 +52,7 @@ def client(accounts):
 @pytest.fixture(scope="session")
 def hosts(accounts):
     """Accounts that serve the model; which one executes an inference is up to the draw."""
-    return [accounts[2], accounts[3]]
+    return [accounts[2], accounts[3], accounts[4]]
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +72,7 @@ def registry(project, gov, token):
 
 @pytest.fixture(scope="session")
 def ledger(project, gov, token, registry):
-    ledger = gov.deploy(project.Ledger, token, registry, WINDOW, MAX_REPUTATION, SLASH_BPS, FEE_BPS)
+    ledger = gov.deploy(project.Ledger, token, registry, PARAMS)
     registry.setLedger(ledger, sender=gov)
     registry.registerModel(MODEL_ID, MODEL, SPEC_HASH, PRICE, sender=gov)
     return ledger
@@ -92,7 +99,7 @@ def make_participant(registry, fund):
 
 @pytest.fixture(scope="module")
 def network(ledger, registry, hosts, client, fund, make_participant):
-    """Two hosts staked on the model and a client with FUNDS in escrow.
+    """Three hosts staked on the model and a client with FUNDS in escrow.
 
     Module-scoped: ape rolls it back at the end of each module that uses it.
     """
@@ -127,6 +134,11 @@ class Signed:
         }
         fields.update(override)
         return tuple(fields.values())
+
+    def record(self) -> Record:
+        """The record `start` stores for it."""
+        r = self.request
+        return Record(self.inference_id, r.client, self.executor, model_id(r.model), PRICE, r.max_tokens, r.deadline)
 
 
 @pytest.fixture(scope="session")
@@ -166,24 +178,35 @@ def accounts_by_address(accounts):
 
 @pytest.fixture(scope="session")
 def start(ledger, gov, sign, accounts_by_address):
-    """start(client, **sign_fields) -> (Signed, executor account): a started inference."""
+    """start(client, **sign_fields) -> (Signed, executor account, Record): a started inference."""
 
     def start(client, **fields):
         s = sign(client, **fields)
         ledger.start(s.args(), sender=gov)
-        return s, accounts_by_address(s.executor)
+        return s, accounts_by_address(s.executor), s.record()
 
     return start
 
 
 @pytest.fixture(scope="session")
-def finish(ledger, start):
-    """finish(client, tokens=...) -> (Signed, executor account): a finished inference."""
+def finish_record(ledger):
+    """finish_record(record, executor, tokens) -> the finished Record."""
+
+    def finish_record(record, executor, tokens=10):
+        tx = ledger.finish((record.as_tuple(), keccak(b"answer"), keccak(b"artifact"), tokens), sender=executor)
+        [event] = [e for e in tx.events if e.event_name == "Finished"]
+        return replace(record, completion_tokens=tokens, finish_block=tx.block_number, p_bps=event.p_bps)
+
+    return finish_record
+
+
+@pytest.fixture(scope="session")
+def finish(start, finish_record):
+    """finish(client, tokens=...) -> (Signed, executor account, finished Record)."""
 
     def finish(client, tokens=10, **fields):
-        s, executor = start(client, **fields)
-        ledger.finish((s.inference_id, keccak(b"answer"), keccak(b"artifact"), tokens), sender=executor)
-        return s, executor
+        s, executor, record = start(client, **fields)
+        return s, executor, finish_record(record, executor, tokens)
 
     return finish
 
@@ -194,8 +217,8 @@ def conserved(token, ledger, registry):
 
     def check():
         assert token.balanceOf(ledger) == (
-            ledger.totalEscrow() + ledger.totalLocked() + ledger.totalPending() + ledger.totalEarned()
+            ledger.totalEscrow() + ledger.totalLocked() + ledger.totalFees() + ledger.totalPool()
         )
-        assert token.balanceOf(registry) == registry.totalStaked() + registry.slashedTotal()
+        assert token.balanceOf(registry) == registry.totalStaked()
 
     return check

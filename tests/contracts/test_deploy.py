@@ -29,11 +29,44 @@ def test_deploy__existing_token__reused(chain, gov, token, tmp_path):
     assert deployments.token == token.address
 
 
-def test_deploy_params__unbonding_not_above_window__rejected():
-    with pytest.raises(ValidationError, match=r"unbonding_blocks \(10\) must exceed validation_window \(10\)"):
-        DeployParams(unbonding_blocks=10, validation_window=10)
+def test_deploy__mock_token__reward_pools_funded(chain, gov, tmp_path):
+    w3 = chain.provider.web3
+    params = DeployParams(reward_per_epoch=7, reward_epochs=3)
+    deployments = deploy(w3, gov.private_key, params, out_dir=tmp_path)
+    ledger = w3.eth.contract(address=deployments.ledger, abi=contract_type("Ledger")["abi"])
+    assert [ledger.functions.epochs(e).call()[0] for e in range(4)] == [7, 7, 7, 0]
+    assert ledger.functions.totalPool().call() == 21
+    assert ledger.functions.jury_window().call() == params.jury_window
+    assert ledger.functions.epoch_length().call() == params.epoch_length
+
+
+def test_deploy_params__judgement_longer_than_settlement_or_unbonding__rejected():
+    with pytest.raises(ValidationError, match=r"settlement_delay \(18\) must exceed validation_window \+ "
+                                              r"jury_window \+ 2 \(18\)"):
+        DeployParams(validation_window=8, jury_window=8, settlement_delay=18)
+    with pytest.raises(ValidationError, match=r"unbonding_blocks \(18\) must exceed validation_window \+ "
+                                              r"jury_window \+ 2 \(18\)"):
+        DeployParams(validation_window=8, jury_window=8, unbonding_blocks=18)
     with pytest.raises(ValidationError, match="less than or equal to 256"):
-        DeployParams(validation_window=257, unbonding_blocks=300)
+        DeployParams(validation_window=257, unbonding_blocks=600, settlement_delay=600)
+
+
+def test_ledger_constructor__bad_params__revert(project, gov, token, registry):
+    from conftest import PARAMS
+    import ape
+    cases = [
+        ((1,) + PARAMS[1:], "ledger: window out of range"),
+        (PARAMS[:2] + (6,) + PARAMS[3:], "ledger: jury out of range"),
+        (PARAMS[:3] + (0,) + PARAMS[4:], "ledger: zero epoch length"),
+        (PARAMS[:4] + (PARAMS[0] + PARAMS[1] + 2,) + PARAMS[5:], "ledger: settlement too short"),
+        (PARAMS[:6] + (10_001,) + PARAMS[7:], "ledger: bps above 10000"),
+    ]
+    for params, message in cases:
+        with ape.reverts(message):
+            gov.deploy(project.Ledger, token, registry, params)
+    short = gov.deploy(project.Registry, token, 1, PARAMS[0] + PARAMS[1] + 2)
+    with ape.reverts("ledger: unbonding too short"):
+        gov.deploy(project.Ledger, token, short, PARAMS)
 
 
 def test_build__compiled_contracts__abi_and_bytecode():

@@ -1,10 +1,15 @@
-"""Ledger after start: finish, validation assignment and verdicts, settle, expire, escrow, claim."""
+"""Ledger after start: finish, validation assignment, verdicts, quorum, expiry, laziness."""
+
+from dataclasses import replace
 
 import ape
 import pytest
 from eth_utils import keccak
 
-from conftest import FEE_BPS, FUNDS, MAX_REPUTATION, MODEL_ID, PRICE, SLASH_BPS, STAKE, WINDOW, ZERO
+from conftest import FEE_BPS, FUNDS, PRICE, WINDOW, ZERO
+
+STARTED, FINISHED, VALIDATED, INVALIDATED, DISPUTED, EXPIRED = 1, 2, 3, 4, 5, 6
+INELIGIBLE, FORFEITED, CLAIMED = 1, 2, 4
 
 
 @pytest.fixture(autouse=True)
@@ -12,326 +17,235 @@ def _network(network):
     return network
 
 
-def finish_args(s, tokens=10):
-    return (s.inference_id, keccak(b"answer"), keccak(b"artifact"), tokens)
+@pytest.fixture
+def assigned(ledger, chain, accounts_by_address):
+    """assigned(record) -> validator accounts, once the assignment block exists."""
+
+    def assigned(record):
+        # a view runs on the head block: the assignment's block (finish + 1) must be below it
+        if chain.blocks.head.number < record.finish_block + 2:
+            chain.mine(record.finish_block + 2 - chain.blocks.head.number)
+        return [accounts_by_address(v) for v in ledger.validatorsOf(record.as_tuple())]
+
+    return assigned
 
 
-def expected_validator(chain, registry, inference_id, finish_block, reputation, executor):
-    """The assignment recomputed in Python from docs/protocol.md."""
-    rand = keccak(inference_id + bytes(chain.blocks[finish_block + 1].hash))
-    p_bps = 10_000 - 9_900 * reputation // MAX_REPUTATION
-    if int.from_bytes(rand, "big") % 10_000 >= p_bps:
-        return ZERO
-    return registry.drawValidator(MODEL_ID, keccak(rand), executor)
-
-
-def other(hosts, executor):
-    return next(h for h in hosts if h.address != executor.address)
+def finish_args(record, tokens=10):
+    return (record.as_tuple(), keccak(b"answer"), keccak(b"artifact"), tokens)
 
 
 # ---------------------------------------------------------------- finish
 
-def test_finish__by_executor__refunds_unused_and_holds_cost(ledger, client, start, conserved, chain):
-    s, executor = start(client, max_tokens=64)
-    tx = ledger.finish(finish_args(s, tokens=10), sender=executor)
+def test_finish__executor__cost_to_epoch_account_rest_to_escrow(ledger, client, start, conserved):
+    s, executor, record = start(client, max_tokens=64)
+    tx = ledger.finish(finish_args(record, 10), sender=executor)
     [event] = tx.events
-    assert (event.event_name, bytes(event.inference_id), event.executor) == ("Finished", s.inference_id, executor)
-    assert (event.completion_tokens, event.cost) == (10, 10 * PRICE)
-    assert bytes(event.response_hash) == keccak(b"answer") and bytes(event.artifact_digest) == keccak(b"artifact")
+    assert (event.event_name, event.completion_tokens, event.cost, event.p_bps) == ("Finished", 10, 10 * PRICE, 10_000)
     assert ledger.escrowOf(client) == FUNDS - 10 * PRICE
-    assert (ledger.totalLocked(), ledger.totalPending()) == (0, 10 * PRICE)
-    record = ledger.inference(s.inference_id)
-    assert (record.status, record.lock, record.cost, record.completion_tokens) == (2, 64 * PRICE, 10 * PRICE, 10)
-    assert record.finish_block == tx.block_number
-    assert ledger.stats(executor).served == 1
+    e = ledger.epochOf(tx.block_number)
+    account = ledger.accounts(executor, e)
+    assert (account.fees, account.weight, account.flags) == (10 * PRICE, 10 * PRICE, 0)
+    assert ledger.epochs(e).eligible_weight == 10 * PRICE
+    done = replace(record, completion_tokens=10, finish_block=tx.block_number, p_bps=10_000)
+    state = ledger.stateOf(record.inference_id)
+    assert (state.status, bytes(state.record_hash)) == (FINISHED, done.record_hash())
+    assert ledger.stats(executor).served == 1 and ledger.clientStats(client).spent == 10 * PRICE
     conserved()
 
 
-def test_finish__not_started__reverts(ledger, start, client):
-    s, executor = start(client)
-    with ape.reverts("ledger: not started"):
-        ledger.finish((keccak(b"nope"), keccak(b"a"), keccak(b"b"), 1), sender=executor)
-    ledger.finish(finish_args(s), sender=executor)
-    with ape.reverts("ledger: not started"):
-        ledger.finish(finish_args(s), sender=executor)
-
-
-def test_finish__wrong_executor__reverts(ledger, start, client, network):
-    s, executor = start(client)
+def test_finish__rejections(ledger, client, start, network, finish_record):
+    s, executor, record = start(client, max_tokens=16)
+    other = next(h for h in network if h != executor)
+    with ape.reverts("ledger: record mismatch"):
+        ledger.finish(finish_args(replace(record, price=PRICE - 1)), sender=executor)
     with ape.reverts("ledger: not executor"):
-        ledger.finish(finish_args(s), sender=other(network, executor))
-
-
-def test_finish__more_tokens_than_max__reverts(ledger, start, client):
-    s, executor = start(client, max_tokens=8)
+        ledger.finish(finish_args(record), sender=other)
     with ape.reverts("ledger: too many tokens"):
-        ledger.finish(finish_args(s, tokens=9), sender=executor)
-    ledger.finish(finish_args(s, tokens=8), sender=executor)
+        ledger.finish(finish_args(record, 17), sender=executor)
+    with ape.reverts("ledger: not started"):
+        ledger.finish(finish_args(replace(record, inference_id=keccak(b"unknown"))), sender=executor)
+    done = finish_record(record, executor, 16)
+    with ape.reverts("ledger: record mismatch"):
+        ledger.finish(finish_args(record), sender=executor)
+    with ape.reverts("ledger: not started"):
+        ledger.finish(finish_args(done), sender=executor)
 
 
-def test_finish_batch__same_executor__all_finished(ledger, gov, client, sign, accounts_by_address, conserved):
-    signed = [sign(client) for _ in range(6)]
-    ledger.startBatch([s.args() for s in signed], sender=gov)
+def same_executor(start, client, n):
+    """n started inferences that the draw gave to one executor."""
     by_executor = {}
-    for s in signed:
-        by_executor.setdefault(s.executor, []).append(s)
-    for address, batch in by_executor.items():
-        tx = ledger.finishBatch([finish_args(s, tokens=5) for s in batch], sender=accounts_by_address(address))
-        assert len(tx.events) == len(batch)
-    assert ledger.totalPending() == 6 * 5 * PRICE
+    while True:
+        s, executor, record = start(client)
+        by_executor.setdefault(executor, []).append(record)
+        if len(by_executor[executor]) == n:
+            return executor, by_executor[executor]
+
+
+def test_finish_batch__one_bad__reverts_all(ledger, client, start, conserved):
+    executor, records = same_executor(start, client, 4)
+    ledger.finishBatch([finish_args(r) for r in records[:2]], sender=executor)
+    assert [ledger.stateOf(r.inference_id).status for r in records] == [FINISHED, FINISHED, STARTED, STARTED]
+    with ape.reverts("ledger: too many tokens"):
+        ledger.finishBatch([finish_args(records[2]), finish_args(records[3], 65)], sender=executor)
+    assert ledger.stateOf(records[2].inference_id).status == STARTED
     conserved()
 
 
 # ---------------------------------------------------------------- assignment and verdicts
 
-def test_validator_of__before_next_block__pending(ledger, start, client, chain):
-    s, executor = start(client)
-    ledger.finish(finish_args(s), sender=executor)
+def test_validators_of__new_executor__always_one_other(ledger, client, finish, assigned, chain):
+    s, executor, record = finish(client)
     with ape.reverts("ledger: assignment pending"):
-        ledger.validatorOf(s.inference_id)
-    chain.mine(2)
-    assert ledger.validatorOf(s.inference_id) != ZERO
-
-
-def test_validator_of__not_finished__reverts(ledger, start, client):
-    s, _ = start(client)
+        ledger.validatorsOf(record.as_tuple())
+    [validator] = assigned(record)
+    assert validator != executor
     with ape.reverts("ledger: not finished"):
-        ledger.validatorOf(s.inference_id)
+        ledger.validatorsOf(replace(record, inference_id=keccak(b"x")).as_tuple())
 
 
-def test_validator_of__matches_python_and_never_executor(ledger, registry, finish, client, chain, network):
-    # At reputation 0 every inference is validated, by the one other host.
-    for _ in range(3):
-        s, executor = finish(client)
-        chain.mine(2)
-        record = ledger.inference(s.inference_id)
-        expected = expected_validator(chain, registry, s.inference_id, record.finish_block, 0, executor.address)
-        assert ledger.validatorOf(s.inference_id) == expected == other(network, executor).address
-
-
-def test_validator_of__reputation_fixed_at_finish(ledger, registry, finish, client, chain, network):
-    s, executor = finish(client)
-    chain.mine(2)
-    ledger.submitValidation(s.inference_id, True, 1, sender=other(network, executor))
-    assert registry.reputationOf(executor) == 1
-    # Later inferences by the same executor use p = 10000 - 9900 / 4.
-    for _ in range(4):
-        s2, ex2 = finish(client)
-        chain.mine(2)
-        rep = registry.reputationOf(ex2)
-        record = ledger.inference(s2.inference_id)
-        assert ledger.validatorOf(s2.inference_id) == expected_validator(
-            chain, registry, s2.inference_id, record.finish_block, rep, ex2.address)
-
-
-def test_submit_validation__passed__pays_executor_and_fee(ledger, registry, finish, client, chain, network, conserved):
-    s, executor = finish(client, tokens=10)
-    validator = other(network, executor)
-    chain.mine(2)
-    tx = ledger.submitValidation(s.inference_id, True, 77, sender=validator)
-    cost, fee = 10 * PRICE, 10 * PRICE * FEE_BPS // 10_000
-    names = [e.event_name for e in tx.events]
-    assert names == ["Validated", "ReputationSet", "Paid"]
-    paid = tx.events[-1]
-    assert (paid.executor, paid.validator, paid.executor_amount, paid.validator_fee) == (
-        executor, validator, cost - fee, fee)
-    assert (ledger.earnedOf(executor), ledger.earnedOf(validator)) == (cost - fee, fee)
-    assert ledger.inference(s.inference_id).status == 3
-    assert registry.reputationOf(executor) == 1
-    assert tuple(ledger.stats(validator)) == (0, 1, 0, fee)
-    assert tuple(ledger.stats(executor)) == (1, 0, 0, cost - fee)
-    assert tuple(ledger.clientStats(client)) == (cost, 0)
+def test_submit_validation__passed__fee_to_validator(ledger, client, finish, assigned, conserved):
+    s, executor, record = finish(client, tokens=10)
+    [validator] = assigned(record)
+    tx = ledger.submitValidation(record.as_tuple(), True, 77, sender=validator)
+    assert [(e.event_name, e.passed, e.score) for e in tx.events] == [("Validated", True, 77)]
+    fee = 10 * PRICE * FEE_BPS // 10_000
+    e = ledger.epochOf(record.finish_block)
+    assert ledger.accounts(validator, e).fees == fee and ledger.accounts(validator, e).validations == 1
+    assert ledger.accounts(executor, e).fees == 10 * PRICE - fee
+    state = ledger.stateOf(record.inference_id)
+    assert (state.status, state.voted_mask, state.passed_mask) == (VALIDATED, 1, 1)
+    with ape.reverts("ledger: already submitted"):
+        ledger.submitValidation(record.as_tuple(), True, 0, sender=validator)
     conserved()
 
 
-def test_submit_validation__failed__refunds_client_and_slashes(ledger, registry, finish, client, chain, network,
-                                                                 conserved):
-    s, executor = finish(client, tokens=10)
-    validator = other(network, executor)
-    chain.mine(2)
-    tx = ledger.submitValidation(s.inference_id, False, 3, sender=validator)
-    slashed = STAKE * SLASH_BPS // 10_000
-    assert [e.event_name for e in tx.events] == ["Validated", "Slashed", "ReputationSet", "Refunded"]
-    assert tx.events[-1].amount == 10 * PRICE
-    assert ledger.escrowOf(client) == FUNDS
-    assert ledger.inference(s.inference_id).status == 4
-    assert (registry.stakeOf(executor), registry.slashedTotal()) == (STAKE - slashed, slashed)
-    assert registry.totalStake(MODEL_ID) == 2 * STAKE - slashed
-    assert registry.reputationOf(executor) == 0
-    assert tuple(ledger.stats(executor)) == (1, 0, 1, 0)
-    assert tuple(ledger.clientStats(client)) == (0, 10 * PRICE)
-    conserved()
-
-
-def test_submit_validation__not_finished__reverts(ledger, start, client, network):
-    s, executor = start(client)
-    with ape.reverts("ledger: not finished"):
-        ledger.submitValidation(s.inference_id, True, 0, sender=other(network, executor))
-
-
-def test_submit_validation__same_block_as_finish_plus_one__pending(ledger, start, client, network):
-    s, executor = start(client)
-    ledger.finish(finish_args(s), sender=executor)
+def test_submit_validation__rejections(ledger, client, finish, start, assigned, network, chain):
+    s, executor, record = finish(client)
     with ape.reverts("ledger: assignment pending"):
-        ledger.submitValidation(s.inference_id, True, 0, sender=other(network, executor))
-
-
-def test_submit_validation__after_window__reverts(ledger, finish, client, chain, network):
-    s, executor = finish(client)
-    finish_block = ledger.inference(s.inference_id).finish_block
-    chain.mine(finish_block + WINDOW - chain.blocks.head.number)
-    with ape.reverts("ledger: validation window closed"):
-        ledger.submitValidation(s.inference_id, True, 0, sender=other(network, executor))
-
-
-def test_submit_validation__last_block_of_window__accepted(ledger, finish, client, chain, network):
-    s, executor = finish(client)
-    finish_block = ledger.inference(s.inference_id).finish_block
-    chain.mine(finish_block + WINDOW - 1 - chain.blocks.head.number)
-    ledger.submitValidation(s.inference_id, True, 0, sender=other(network, executor))
-    assert ledger.inference(s.inference_id).status == 3
-
-
-def test_submit_validation__by_executor__reverts(ledger, finish, client, chain):
-    s, executor = finish(client)
-    chain.mine(2)
+        ledger.submitValidation(record.as_tuple(), True, 0, sender=executor)
+    [validator] = assigned(record)
+    outsider = next(h for h in network if h not in (executor, validator))
     with ape.reverts("ledger: not assigned validator"):
-        ledger.submitValidation(s.inference_id, False, 0, sender=executor)
-
-
-def test_submit_validation__twice__reverts(ledger, finish, client, chain, network):
-    s, executor = finish(client)
-    chain.mine(2)
-    ledger.submitValidation(s.inference_id, True, 0, sender=other(network, executor))
-    with ape.reverts("ledger: already decided"):
-        ledger.submitValidation(s.inference_id, True, 0, sender=other(network, executor))
-
-
-def test_validator_of__full_reputation__python_formula(ledger, registry, finish, client, chain, network):
-    # Raise both hosts to full reputation through passed verdicts, then check the 1% floor formula.
-    while min(registry.reputationOf(h) for h in network) < MAX_REPUTATION:
-        s, executor = finish(client)
-        chain.mine(2)
-        if ledger.validatorOf(s.inference_id) != ZERO:
-            ledger.submitValidation(s.inference_id, True, 0, sender=other(network, executor))
-    for _ in range(3):
-        s, executor = finish(client)
-        chain.mine(2)
-        record = ledger.inference(s.inference_id)
-        assert ledger.validatorOf(s.inference_id) == expected_validator(
-            chain, registry, s.inference_id, record.finish_block, MAX_REPUTATION, executor.address)
-
-
-# ---------------------------------------------------------------- settle
-
-def test_settle__after_window__pays_executor_in_full(ledger, finish, client, chain, outsider, conserved):
-    s, executor = finish(client, tokens=7)
-    chain.mine(WINDOW + 1)
-    tx = ledger.settle(s.inference_id, sender=outsider)
-    assert tx.events[0].event_name == "Paid" and tx.events[0].validator == ZERO
-    assert ledger.earnedOf(executor) == 7 * PRICE
-    assert ledger.inference(s.inference_id).status == 5
-    assert tuple(ledger.clientStats(client)) == (7 * PRICE, 0)
-    conserved()
-
-
-def test_settle__window_open__reverts(ledger, finish, client, chain, outsider):
-    s, _ = finish(client)
-    finish_block = ledger.inference(s.inference_id).finish_block
-    chain.mine(finish_block + WINDOW - 1 - chain.blocks.head.number)
-    with ape.reverts("ledger: window open"):
-        ledger.settle(s.inference_id, sender=outsider)
-    ledger.settle(s.inference_id, sender=outsider)
-
-
-def test_settle__not_finished__reverts(ledger, start, client, outsider):
-    s, _ = start(client)
+        ledger.submitValidation(record.as_tuple(), True, 0, sender=outsider)
+    with ape.reverts("ledger: not assigned validator"):
+        ledger.submitValidation(record.as_tuple(), True, 0, sender=executor)
+    with ape.reverts("ledger: record mismatch"):
+        ledger.submitValidation(replace(record, completion_tokens=1).as_tuple(), True, 0, sender=validator)
+    _, _, unfinished = start(client)
     with ape.reverts("ledger: not finished"):
-        ledger.settle(s.inference_id, sender=outsider)
+        ledger.submitValidation(unfinished.as_tuple(), True, 0, sender=validator)
+    chain.mine(record.finish_block + WINDOW - chain.blocks.head.number)
+    with ape.reverts("ledger: validation window closed"):
+        ledger.submitValidation(record.as_tuple(), True, 0, sender=validator)
 
 
-def test_settle__after_verdict__reverts(ledger, finish, client, chain, network, outsider):
-    s, executor = finish(client)
-    chain.mine(2)
-    ledger.submitValidation(s.inference_id, True, 0, sender=other(network, executor))
-    chain.mine(WINDOW)
-    with ape.reverts("ledger: already decided"):
-        ledger.settle(s.inference_id, sender=outsider)
+def test_submit_validation__failed__opens_dispute(ledger, client, finish, assigned):
+    s, executor, record = finish(client)
+    [validator] = assigned(record)
+    tx = ledger.submitValidation(record.as_tuple(), False, 3, sender=validator)
+    opened = [e for e in tx.events if e.event_name == "DisputeOpened"][0]
+    assert (opened.executor, opened.accuser) == (executor.address, validator.address)
+    assert ledger.stateOf(record.inference_id).status == DISPUTED
+    assert ledger.pendingJudgements(executor) == ledger.pendingJudgements(validator) == 1
+    assert ledger.epochs(ledger.epochOf(record.finish_block)).open_disputes == 1
 
 
-def test_settle_batch__several__all_paid(ledger, finish, client, chain, outsider, conserved):
-    ids = [finish(client, tokens=3)[0].inference_id for _ in range(3)]
-    chain.mine(WINDOW + 1)
-    ledger.settleBatch(ids, sender=outsider)
-    assert [ledger.inference(i).status for i in ids] == [5, 5, 5]
+# ---------------------------------------------------------------- quorum
+
+def test_request_quorum__client__more_validators_paid_by_client(ledger, client, start, finish_record, assigned,
+                                                                 conserved):
+    s, executor, record = start(client, max_tokens=64)
+    lock_fee = 64 * PRICE * FEE_BPS // 10_000
+    tx = ledger.requestQuorum(record.as_tuple(), 1, sender=client)
+    assert (tx.events[0].extra, tx.events[0].quorum, tx.events[0].locked) == (1, 1, lock_fee)
+    assert ledger.escrowOf(client) == FUNDS - 64 * PRICE - lock_fee
+    record = replace(record, quorum=1)
+    done = finish_record(record, executor, 10)
+    fee = 10 * PRICE * FEE_BPS // 10_000
+    assert ledger.escrowOf(client) == FUNDS - 10 * PRICE - fee
+    validators = assigned(done)
+    assert len(validators) == 2 and len(set(validators)) == 2 and executor not in validators
+    for v in validators:
+        ledger.submitValidation(done.as_tuple(), True, 0, sender=v)
+    e = ledger.epochOf(done.finish_block)
+    assert ledger.accounts(executor, e).fees == 10 * PRICE - fee
+    assert ledger.stateOf(done.inference_id).passed_mask == 3
     conserved()
 
 
-# ---------------------------------------------------------------- expire
-
-def test_expire__after_deadline_and_window__refunds_lock(ledger, start, client, chain, outsider, conserved):
-    s, _ = start(client, max_tokens=32)
-    chain.pending_timestamp = s.request.deadline + WINDOW + 1
-    tx = ledger.expire(s.inference_id, sender=outsider)
-    assert (tx.events[0].event_name, tx.events[0].amount) == ("Refunded", 32 * PRICE)
-    assert ledger.escrowOf(client) == FUNDS
-    assert ledger.inference(s.inference_id).status == 6
-    assert tuple(ledger.clientStats(client)) == (0, 32 * PRICE)
-    conserved()
-
-
-def test_expire__at_deadline_plus_window__reverts(ledger, start, client, chain, outsider):
-    s, _ = start(client)
-    chain.pending_timestamp = s.request.deadline + WINDOW
-    with ape.reverts("ledger: not expired"):
-        ledger.expire(s.inference_id, sender=outsider)
-
-
-def test_expire__finished__reverts(ledger, finish, client, chain, outsider):
-    s, _ = finish(client)
-    chain.pending_timestamp = s.request.deadline + WINDOW + 1
-    with ape.reverts("ledger: not started"):
-        ledger.expire(s.inference_id, sender=outsider)
-
-
-def test_finish__after_expire__reverts(ledger, start, client, chain, outsider):
-    s, executor = start(client)
-    chain.pending_timestamp = s.request.deadline + WINDOW + 1
-    ledger.expire(s.inference_id, sender=outsider)
-    with ape.reverts("ledger: not started"):
-        ledger.finish(finish_args(s), sender=executor)
-
-
-# ---------------------------------------------------------------- escrow and claims
-
-def test_deposit__zero__reverts(ledger, client):
+def test_request_quorum__rejections(ledger, client, start, finish, outsider, fund):
+    s, executor, record = start(client)
+    with ape.reverts("ledger: not client"):
+        ledger.requestQuorum(record.as_tuple(), 1, sender=outsider)
     with ape.reverts("ledger: zero amount"):
-        ledger.deposit(0, sender=client)
-
-
-def test_withdraw__free_escrow__returned(ledger, token, client, conserved):
-    before = token.balanceOf(client)
-    tx = ledger.withdraw(FUNDS, sender=client)
-    assert [e.event_name for e in tx.events] == ["Transfer", "Withdrawn"]
-    assert token.balanceOf(client) == before + FUNDS and ledger.escrowOf(client) == 0
-    conserved()
-
-
-def test_withdraw__locked_part__reverts(ledger, start, client):
-    start(client, max_tokens=64)
+        ledger.requestQuorum(record.as_tuple(), 0, sender=client)
+    with ape.reverts("ledger: quorum too large"):
+        ledger.requestQuorum(record.as_tuple(), 4, sender=client)
+    with ape.reverts("ledger: record mismatch"):
+        ledger.requestQuorum(replace(record, quorum=1).as_tuple(), 1, sender=client)
+    ledger.withdraw(ledger.escrowOf(client), sender=client)
     with ape.reverts("ledger: insufficient escrow"):
-        ledger.withdraw(FUNDS, sender=client)
-    with ape.reverts("ledger: zero amount"):
-        ledger.withdraw(0, sender=client)
+        ledger.requestQuorum(record.as_tuple(), 1, sender=client)
+    _, _, done = finish(outsider_funded(ledger, fund, outsider))
+    with ape.reverts("ledger: not started"):
+        ledger.requestQuorum(done.as_tuple(), 1, sender=outsider)
 
 
-def test_claim__earned__transferred(ledger, token, finish, client, chain, outsider, conserved):
-    s, executor = finish(client, tokens=7)
-    chain.mine(WINDOW + 1)
-    ledger.settle(s.inference_id, sender=outsider)
-    before = token.balanceOf(executor)
-    ledger.claim(sender=executor)
-    assert token.balanceOf(executor) == before + 7 * PRICE and ledger.earnedOf(executor) == 0
-    with ape.reverts("ledger: nothing to claim"):
-        ledger.claim(sender=executor)
+def outsider_funded(ledger, fund, outsider):
+    fund(outsider, ledger, FUNDS)
+    ledger.deposit(FUNDS, sender=outsider)
+    return outsider
+
+
+# ---------------------------------------------------------------- expiry and laziness
+
+def test_expire__past_deadline_and_window__refund_and_executor_ineligible(ledger, client, start, chain, gov,
+                                                                          conserved):
+    s, executor, record = start(client, max_tokens=64)
+    with ape.reverts("ledger: not expired"):
+        ledger.expire(record.as_tuple(), sender=gov)
+    chain.pending_timestamp = record.deadline + WINDOW + 1
+    tx = ledger.expire(record.as_tuple(), sender=gov)
+    assert [e.event_name for e in tx.events] == ["Refunded", "Ineligible"]
+    assert (tx.events[0].amount, tx.events[1].reason) == (64 * PRICE, 3)
+    assert ledger.escrowOf(client) == FUNDS and ledger.totalLocked() == 0
+    assert ledger.accounts(executor, ledger.epochOf(tx.block_number)).flags == INELIGIBLE
+    assert ledger.stateOf(record.inference_id).status == EXPIRED
+    with ape.reverts("ledger: not started"):
+        ledger.expire(record.as_tuple(), sender=gov)
+    with ape.reverts("ledger: not started"):
+        ledger.finish(finish_args(record), sender=executor)
     conserved()
+
+
+def test_expire__finished__reverts(ledger, client, finish, chain, gov):
+    s, executor, record = finish(client)
+    chain.pending_timestamp = record.deadline + WINDOW + 1
+    with ape.reverts("ledger: not started"):
+        ledger.expireBatch([record.as_tuple()], sender=gov)
+
+
+def test_report_lazy__no_verdict__validator_ineligible(ledger, client, finish, assigned, chain, gov):
+    s, executor, record = finish(client)
+    [validator] = assigned(record)
+    with ape.reverts("ledger: window open"):
+        ledger.reportLazy(record.as_tuple(), sender=gov)
+    chain.mine(record.finish_block + WINDOW + 1 - chain.blocks.head.number)
+    tx = ledger.reportLazy(record.as_tuple(), sender=gov)
+    assert (tx.events[0].participant, tx.events[0].reason) == (validator.address, 2)
+    assert ledger.accounts(validator, ledger.epochOf(record.finish_block)).flags == INELIGIBLE
+    with ape.reverts("ledger: nobody lazy"):
+        ledger.reportLazy(record.as_tuple(), sender=gov)
+
+
+def test_report_lazy__verdict_given__nobody_lazy(ledger, client, finish, assigned, chain, gov):
+    s, executor, record = finish(client)
+    [validator] = assigned(record)
+    ledger.submitValidation(record.as_tuple(), True, 0, sender=validator)
+    chain.mine(WINDOW)
+    with ape.reverts("ledger: nobody lazy"):
+        ledger.reportLazy(record.as_tuple(), sender=gov)
+    e = ledger.epochOf(record.finish_block)
+    chain.mine(ledger.claimBlock(e) - chain.blocks.head.number)
+    with ape.reverts("ledger: epoch settled"):
+        ledger.reportLazy(record.as_tuple(), sender=gov)

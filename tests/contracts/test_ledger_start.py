@@ -20,13 +20,11 @@ def test_start__python_signature__accepted_with_python_id(ledger, gov, client, s
     assert bytes(event.inference_id) == s.inference_id
     assert event.client == client.address and event.executor == s.executor
     assert bytes(event.model_id) == MODEL_ID and bytes(event.request_hash) == s.request.request_hash
-    assert event.lock == 64 * PRICE
+    assert (event.price, event.max_tokens, event.deadline) == (PRICE, 64, s.request.deadline)
     assert ledger.escrowOf(client) == FUNDS - 64 * PRICE
     assert ledger.totalLocked() == 64 * PRICE
-    record = ledger.inference(s.inference_id)
-    assert (record.status, record.client, record.executor, record.lock, record.cost) == (
-        1, client.address, s.executor, 64 * PRICE, 0)
-    assert ledger.deadlineOf(s.inference_id) == s.request.deadline
+    state = ledger.stateOf(s.inference_id)
+    assert (state.status, bytes(state.record_hash)) == (1, s.record().record_hash())
     conserved()
 
 
@@ -119,7 +117,7 @@ def test_start_batch__one_bad__reverts_all(ledger, gov, client, sign):
     good, bad = sign(client), sign(client, max_price=PRICE - 1)
     with ape.reverts("ledger: price above max"):
         ledger.startBatch([good.args(), bad.args()], sender=gov)
-    assert ledger.inference(good.inference_id).status == 0
+    assert ledger.stateOf(good.inference_id).status == 0
     assert ledger.escrowOf(client) == FUNDS
 
 
@@ -131,5 +129,5 @@ def test_domain__matches_python(ledger, domain):
 def test_inference_id__is_eip712_digest(ledger, gov, client, sign):
     s = sign(client)
     ledger.start(s.args(), sender=gov)
-    assert ledger.inference(s.inference_id).request_hash == s.request.request_hash
-    assert ledger.inference(keccak(b"unknown")).status == 0
+    assert ledger.stateOf(s.inference_id).status == 1
+    assert ledger.stateOf(keccak(b"unknown")).status == 0

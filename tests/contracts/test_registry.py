@@ -8,8 +8,9 @@ from conftest import MIN_STAKE, MODEL, MODEL_ID, PRICE, SPEC_HASH, STAKE, UNBOND
 
 
 def reference_draw(members, stakes, seed, exclude=None):
-    """The draw of docs/protocol.md, in Python."""
-    pool = [(m, s) for m, s in zip(members, stakes) if m != exclude]
+    """The draw of docs/protocol.md, in Python; `exclude` is one address or a list."""
+    excluded = exclude if isinstance(exclude, list) else [exclude]
+    pool = [(m, s) for m, s in zip(members, stakes) if m not in excluded]
     total = sum(s for _, s in pool)
     if total == 0:
         return ZERO
@@ -177,3 +178,22 @@ def test_draw__alone__no_validator(registry, ledger, make_participant, hosts):
     assert registry.drawExecutor(MODEL_ID, keccak(b"s")) == host.address
     assert registry.drawValidator(MODEL_ID, keccak(b"s"), host) == ZERO
     assert registry.drawExecutor(keccak(b"unknown"), keccak(b"s")) == ZERO
+
+
+def test_draw_distinct__matches_python_reference(registry, ledger, make_participant, accounts):
+    members = [make_participant(accounts[2 + i], stake=MIN_STAKE * (i + 1)) for i in range(4)]
+    stakes = [MIN_STAKE * (i + 1) for i in range(4)]
+    addresses = [m.address for m in members]
+    for i in range(6):
+        rand = keccak(i.to_bytes(32, "big"))
+        exclude = addresses[i % 4: i % 4 + 2]
+        expected, excluded = [], list(exclude)
+        for k in range(3):
+            drawn = reference_draw(addresses, stakes, keccak(rand + k.to_bytes(32, "big")), excluded)
+            if drawn == ZERO:
+                break
+            expected.append(drawn)
+            excluded.append(drawn)
+        assert registry.drawDistinct(MODEL_ID, rand, exclude, 3) == expected
+        assert len(expected) == min(3, 4 - len(exclude))  # never more than the others
+    assert registry.drawDistinct(MODEL_ID, keccak(b"s"), addresses[:2], 0) == []

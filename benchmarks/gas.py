@@ -1,0 +1,241 @@
+"""Gas benchmark: what one inference costs on chain, alone and in batches.
+
+    python -m benchmarks.gas                     # about 30 seconds
+    python -m benchmarks.gas --sizes 1 4 8 16 32 --single 8
+
+On a fresh anvil with the deployed contracts, a registered model and registered participants,
+it records inferences the way the nodes do: client-signed EIP-712 authorizations
+(agents.protocol.eip712), the executor drawn by the Registry from a real block hash, `start`
+sent by a gateway and `finish` by the drawn executor. It measures the gas of `start` + `finish`
+with the single-call entry points, and per inference with `startBatch` + `finishBatch` of each
+size (the outbox's batches), and the calldata bytes per inference. Writes
+benchmarks/results/<name>.json and <name>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import secrets
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from eth_utils import keccak
+from web3 import Web3
+
+from agents.chain.build import ensure_compiled
+from agents.chain.client import ChainClient
+from agents.chain.deploy import DeployParams, deploy, register_model
+from agents.devnet.accounts import anvil_account
+from agents.devnet.network import MODEL_NAME, REFERENCE_MODEL, _anvil_binary, _free_port
+from agents.node.chain_view import ChainView
+from agents.node.gateway import start_args
+from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
+from agents.protocol.requests import InferenceRequest
+from benchmarks.common import ROOT, machine, pyplot, show, write_json
+
+TOKEN = 10**18
+PRICE = 10**12
+MAX_TOKENS = 256
+PROMPT = "def read_file(path):\n"
+
+
+@dataclass
+class Chain:
+    w3: Web3
+    gateway: ChainClient  # sends the starts, as a gateway's outbox does
+    executor: ChainClient  # the participant every measured inference is drawn to
+    client: ChainClient
+    view: ChainView
+    domain: Domain
+
+
+def setup(rpc_url: str, tmp: Path, participants: int) -> Chain:
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    gov = anvil_account(0)
+    deployments = deploy(w3, gov.key, DeployParams(), out_dir=tmp)
+    spec_hash = hashlib.sha256((REFERENCE_MODEL / "manifest.json").read_bytes()).digest()
+    register_model(w3, gov.key, deployments, MODEL_NAME, spec_hash, PRICE)
+    gov_chain = ChainClient(rpc_url, gov.key, deployments)
+    stake = 1_000 * TOKEN
+    nodes = []
+    for i in range(participants):
+        acct = anvil_account(1 + i)
+        chain = ChainClient(rpc_url, acct.key, deployments)
+        gov_chain.transact(gov_chain.token.functions.mint(acct.address, stake))
+        chain.transact(chain.token.functions.approve(deployments.registry, stake))
+        chain.transact(chain.registry.functions.register(stake, f"http://node-{i}.invalid",
+                                                         model_id(MODEL_NAME)))
+        nodes.append(chain)
+    client = ChainClient(rpc_url, anvil_account(1 + participants).key, deployments)
+    funds = 1_000 * TOKEN
+    gov_chain.transact(gov_chain.token.functions.mint(client.address, funds))
+    client.transact(client.token.functions.approve(deployments.ledger, funds))
+    client.transact(client.ledger.functions.deposit(funds))
+    return Chain(w3, nodes[-1], nodes[0], client, ChainView(gov_chain),
+                 Domain(deployments.chain_id, deployments.ledger))
+
+
+def drawn_requests(c: Chain, count: int) -> list[tuple[list, bytes]]:
+    """`count` (StartArgs, inference id) of signed requests whose real draw picks `c.executor`.
+
+    Requests whose draw picks another participant are left out, so that one executor can finish
+    the whole batch, as it does with its own outbox."""
+    seed_block = c.w3.eth.block_number
+    mid = model_id(MODEL_NAME)
+    out = []
+    while len(out) < count:
+        request = InferenceRequest(model=MODEL_NAME, prompt=PROMPT, max_tokens=MAX_TOKENS,
+                                   temperature=1.0, max_price=PRICE, nonce=secrets.randbits(128),
+                                   deadline=int(time.time()) + 3600, client=c.client.address)
+        iid = inference_id(request, c.domain)
+        executor = c.view.draw_executor(mid, iid, seed_block)
+        if executor != c.executor.address:
+            continue
+        signature = sign_request(request, c.domain, c.client.account.key)
+        out.append((start_args(request, signature, seed_block, executor), iid))
+    return out
+
+
+def finish_args(c: Chain, start_receipt: dict) -> list[list]:
+    """FinishArgs of every inference the receipt started, with an answer of MAX_TOKENS tokens.
+
+    The docs/protocol.md form leads with the inference id; a Ledger that keeps only a hash of
+    each inference takes its record back instead, rebuilt here from the Started event."""
+    with_record = _finish_components(c)[0] == "record"
+    out = []
+    for event in c.executor.ledger.events.Started().process_receipt(start_receipt):
+        e = event["args"]
+        iid = bytes(e["inference_id"])
+        head = ([iid, e["client"], e["executor"], e["model_id"], e["price"], e["max_tokens"],
+                 e["deadline"], 0, 0, 0, 0] if with_record else iid)
+        out.append([head, keccak(text=f"answer {iid.hex()}"), hashlib.sha256(iid).digest(),
+                    MAX_TOKENS])
+    return out
+
+
+def _finish_components(c: Chain) -> list[str]:
+    (arg,) = c.executor.ledger.get_function_by_name("finish").abi["inputs"]
+    return [comp["name"] for comp in arg["components"]]
+
+
+def _measured(c: Chain, sender: ChainClient, fn) -> tuple[int, int, dict]:
+    """(gas used, calldata bytes, receipt) of one mined transaction."""
+    receipt = sender.transact(fn)
+    tx = c.w3.eth.get_transaction(receipt["transactionHash"])
+    return receipt["gasUsed"], len(tx["input"]), receipt
+
+
+def single(c: Chain, reps: int) -> dict:
+    starts, finishes = [], []
+    for start, _ in drawn_requests(c, reps):
+        starts.append(_measured(c, c.gateway, c.gateway.ledger.functions.start(start)))
+        (finish,) = finish_args(c, starts[-1][2])
+        finishes.append(_measured(c, c.executor, c.executor.ledger.functions.finish(finish)))
+    return _row(1, starts, finishes, per=1)
+
+
+def batch(c: Chain, size: int, reps: int) -> dict:
+    starts, finishes = [], []
+    for _ in range(reps):
+        items = drawn_requests(c, size)
+        starts.append(_measured(c, c.gateway,
+                                c.gateway.ledger.functions.startBatch([s for s, _ in items])))
+        finishes.append(_measured(c, c.executor, c.executor.ledger.functions.finishBatch(
+            finish_args(c, starts[-1][2]))))
+    return _row(size, starts, finishes, per=size)
+
+
+def _row(size: int, starts: list, finishes: list, per: int) -> dict:
+    start_gas = statistics.median(g for g, _, _ in starts) / per
+    finish_gas = statistics.median(g for g, _, _ in finishes) / per
+    return {"batch": size, "transactions": len(starts) + len(finishes),
+            "start_gas": start_gas, "finish_gas": finish_gas, "total_gas": start_gas + finish_gas,
+            "start_calldata_bytes": statistics.median(b for _, b, _ in starts) / per,
+            "finish_calldata_bytes": statistics.median(b for _, b, _ in finishes) / per}
+
+
+def plot(single_row: dict, rows: list[dict], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sizes = [r["batch"] for r in rows]
+    ax.plot(sizes, [r["total_gas"] for r in rows], "o-", label="startBatch + finishBatch")
+    ax.plot(sizes, [r["start_gas"] for r in rows], "s--", label="startBatch")
+    ax.plot(sizes, [r["finish_gas"] for r in rows], "^--", label="finishBatch")
+    ax.axhline(single_row["total_gas"], color="grey", linestyle=":",
+               label="start + finish (single calls)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xlabel("inferences per transaction")
+    ax.set_ylabel("gas per inference")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Ledger gas per inference")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    p.add_argument("--single", type=int, default=8, help="single-call inferences measured")
+    p.add_argument("--reps", type=int, default=2, help="batches measured per size")
+    p.add_argument("--participants", type=int, default=3)
+    p.add_argument("--name", default="gas", help="results file stem")
+    args = p.parse_args(argv)
+
+    ensure_compiled(ROOT)
+    port = _free_port("127.0.0.1")
+    anvil = subprocess.Popen([_anvil_binary(), "--port", str(port), "--silent"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        rpc_url = f"http://127.0.0.1:{port}"
+        w3 = Web3(Web3.HTTPProvider(rpc_url))
+        for _ in range(100):
+            if w3.is_connected():
+                break
+            time.sleep(0.1)
+        with tempfile.TemporaryDirectory(prefix="nullius-gas-") as tmp:
+            c = setup(rpc_url, Path(tmp), args.participants)
+            # the client's first start writes fresh storage slots; measure the steady state
+            single(c, 1)
+            single_row = single(c, args.single)
+            rows = [batch(c, n, args.reps) for n in args.sizes]
+    finally:
+        anvil.terminate()
+        anvil.wait(timeout=10)
+
+    by_size = {r["batch"]: r for r in rows}
+    headline = by_size.get(16)
+    report = {"benchmark": "gas", "machine": machine(),
+              "config": {"participants": args.participants, "max_tokens": MAX_TOKENS,
+                         "completion_tokens": MAX_TOKENS, "single": args.single, "reps": args.reps,
+                         "finish_args": _finish_components(c),
+                         "statistic": "median over the measured transactions"},
+              "single": single_row, "batches": rows,
+              "summary": {"single_gas_per_inference": single_row["total_gas"],
+                          "batch16_gas_per_inference": headline and headline["total_gas"],
+                          "batch16_over_single": headline and
+                          headline["total_gas"] / single_row["total_gas"],
+                          "batch16_calldata_bytes_per_inference": headline and
+                          headline["start_calldata_bytes"] + headline["finish_calldata_bytes"]}}
+    path = write_json(args.name, report)
+    plot(single_row, rows, path.with_suffix(".png"))
+    show("Ledger gas and calldata per inference (median)",
+         ["entry points", "start gas", "finish gas", "total gas", "calldata bytes"],
+         [["start + finish", single_row["start_gas"], single_row["finish_gas"],
+           single_row["total_gas"],
+           single_row["start_calldata_bytes"] + single_row["finish_calldata_bytes"]]] +
+         [[f"batch of {r['batch']}", r["start_gas"], r["finish_gas"], r["total_gas"],
+           r["start_calldata_bytes"] + r["finish_calldata_bytes"]] for r in rows])
+    print(f"wrote {path}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

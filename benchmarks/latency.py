@@ -1,0 +1,169 @@
+"""Latency benchmark: what the gateway path adds over calling a model node directly.
+
+    python -m benchmarks.latency                      # about 2 minutes on 2 cores
+    python -m benchmarks.latency --pairs 200 --name latency.big
+
+Brings up an honest devnet (no cheaters) and sends the same requests (same prompt, max_tokens,
+temperature 0 or seeded temperature 1.0) (a) straight to a participant's model node
+`/v1/completions` and (b) through the gateway with the signing client (sign, gateway checks, draw,
+signed order, executor checks, model call with top-k logprobs, artifact, receipt, client check of
+the receipt). The direct call uses the seed the executor derives from the inference id, so both
+paths produce the same tokens. Pairs are interleaved and alternate which path goes first, so that
+machine noise hits both alike. Writes benchmarks/results/<name>.json and <name>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from agents.client.sdk import NulliusClient
+from agents.devnet import network
+from agents.protocol.eip712 import inference_id
+from agents.verification.noise import seed_from_inference_id
+from benchmarks.common import machine, percentile, pyplot, show, write_json
+
+# Openings in the style of the text the reference model was trained on (Python sources).
+PROMPTS = [
+    "def __init__(self, ",
+    "import os\nimport sys\n\n",
+    "class Queue:\n    \"\"\"",
+    "    for key, value in ",
+    "def read_file(path):\n",
+    "    if not isinstance(",
+]
+TEMPERATURES = (0.0, 1.0)
+
+
+def direct_body(model: str, prompt: str, max_tokens: int, temperature: float, seed: int) -> dict:
+    return {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
+            "top_p": 1.0, "top_k": 0, "seed": seed}
+
+
+def run_pair(client: NulliusClient, direct: httpx.Client, prompt: str, max_tokens: int,
+             temperature: float, max_price: int, gateway_first: bool) -> dict:
+    request = client.build_request(prompt=prompt, max_tokens=max_tokens, temperature=temperature,
+                                   max_price=max_price)
+    seed = seed_from_inference_id(inference_id(request, client.domain))
+    body = direct_body(request.model, prompt, max_tokens, temperature, seed)
+
+    def via_gateway():
+        t0 = time.perf_counter()
+        result = client.send(request, client.sign(request))
+        return time.perf_counter() - t0, result
+
+    def straight():
+        t0 = time.perf_counter()
+        r = direct.post("/v1/completions", json=body)
+        elapsed = time.perf_counter() - t0
+        r.raise_for_status()
+        return elapsed, r.json()
+
+    if gateway_first:
+        (t_gw, result), (t_direct, answer) = via_gateway(), straight()
+    else:
+        (t_direct, answer), (t_gw, result) = straight(), via_gateway()
+    return {"prompt": prompt, "temperature": temperature, "gateway_first": gateway_first,
+            "direct_s": t_direct, "gateway_s": t_gw,
+            "direct_tokens": answer["usage"]["completion_tokens"],
+            "gateway_tokens": result.receipt.completion_tokens,
+            "same_text": answer["choices"][0]["text"] == result.text,
+            "executor": result.executor}
+
+
+def summarize(samples: list[dict]) -> dict:
+    direct = [s["direct_s"] for s in samples]
+    gateway = [s["gateway_s"] for s in samples]
+    overhead = [s["gateway_s"] - s["direct_s"] for s in samples]
+    out = {"pairs": len(samples)}
+    for q in (50, 99):
+        out[f"direct_p{q}_ms"] = 1000 * percentile(direct, q)
+        out[f"gateway_p{q}_ms"] = 1000 * percentile(gateway, q)
+        out[f"ratio_p{q}"] = percentile(gateway, q) / percentile(direct, q)
+    out["overhead_p50_ms"] = 1000 * percentile(overhead, 50)
+    out["paired_ratio_p50"] = percentile(np.array(gateway) / np.array(direct), 50)
+    out["completion_tokens_mean"] = float(np.mean([s["gateway_tokens"] for s in samples]))
+    out["same_tokens"] = sum(s["direct_tokens"] == s["gateway_tokens"] for s in samples)
+    out["same_text"] = sum(s["same_text"] for s in samples)
+    return out
+
+
+def plot(samples: list[dict], summary: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("direct_s", "direct to model node"), ("gateway_s", "through gateway")):
+        ms = np.sort([1000 * s[key] for s in samples])
+        ax1.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=label)
+    ax1.set_xlabel("latency (ms)")
+    ax1.set_ylabel("fraction of requests")
+    ax1.set_title(f"latency CDF, {summary['pairs']} pairs")
+    ax1.legend()
+    ax2.hist([1000 * (s["gateway_s"] - s["direct_s"]) for s in samples], bins=30)
+    ax2.set_xlabel("gateway - direct, same request (ms)")
+    ax2.set_title(f"p50 ratio {summary['ratio_p50']:.3f}, paired overhead p50 "
+                  f"{summary['overhead_p50_ms']:.1f} ms")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--participants", type=int, default=3)
+    p.add_argument("--pairs", type=int, default=60, help="measured (direct, gateway) pairs")
+    p.add_argument("--warmup", type=int, default=6, help="unmeasured pairs first")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--direct-participant", type=int, default=0,
+                   help="whose model node the direct requests go to")
+    p.add_argument("--name", default="latency", help="results file stem")
+    args = p.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="nullius-latency-") as tmp:
+        config = network.DevnetConfig(participants=args.participants, cheaters=0, clients=1,
+                                      data_dir=Path(tmp) / "devnet")
+        net = network.start(config, log=lambda m: print(f"devnet: {m}"))
+        try:
+            client = NulliusClient(net.gateway_url, net.rpc_url, net.client_keys[0], net.deployments)
+            client.deposit(50 * network.TOKEN)
+            max_price = client.price(network.MODEL_NAME)
+            cases = [(pr, t) for pr in PROMPTS for t in TEMPERATURES]
+            direct_url = net.participants[args.direct_participant].mlnode_url
+            samples = []
+            with httpx.Client(base_url=direct_url, timeout=120) as direct:
+                for i in range(args.warmup + args.pairs):
+                    prompt, temperature = cases[i % len(cases)]
+                    s = run_pair(client, direct, prompt, args.max_tokens, temperature, max_price,
+                                 gateway_first=i % 2 == 0)
+                    if i >= args.warmup:
+                        samples.append(s)
+        finally:
+            net.stop()
+
+    summary = summarize(samples)
+    report = {"benchmark": "latency", "machine": machine(),
+              "config": {"participants": args.participants, "pairs": args.pairs,
+                         "warmup": args.warmup, "max_tokens": args.max_tokens,
+                         "temperatures": list(TEMPERATURES), "prompts": PROMPTS,
+                         "direct_participant": args.direct_participant,
+                         "model": network.MODEL_NAME},
+              "summary": summary, "samples": samples}
+    path = write_json(args.name, report)
+    plot(samples, summary, path.with_suffix(".png"))
+    show(f"gateway vs direct, {summary['pairs']} pairs, {args.max_tokens} max tokens, "
+         f"mean {summary['completion_tokens_mean']:.1f} output tokens",
+         ["", "p50 (ms)", "p99 (ms)"],
+         [["direct to model node", summary["direct_p50_ms"], summary["direct_p99_ms"]],
+          ["through gateway", summary["gateway_p50_ms"], summary["gateway_p99_ms"]],
+          ["ratio gateway / direct", summary["ratio_p50"], summary["ratio_p99"]],
+          ["paired overhead (ms)", summary["overhead_p50_ms"], ""]])
+    print(f"same tokens in {summary['same_tokens']}/{summary['pairs']} pairs; wrote {path}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

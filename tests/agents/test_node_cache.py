@@ -1,0 +1,94 @@
+"""The request path's cache of chain reads: reuse within the TTL, reload after it or when the
+value is not fresh enough, one load for concurrent callers, and no caching of a failure."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agents.node.cache import TtlCache
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def counting_loader(values):
+    calls = []
+
+    async def load():
+        calls.append(1)
+        await asyncio.sleep(0)
+        return values[len(calls) - 1]
+
+    return load, calls
+
+
+async def test_get__within_ttl__loads_once():
+    clock = Clock()
+    cache = TtlCache(1.0, clock)
+    load, calls = counting_loader(["a", "b"])
+    assert await cache.get("k", load) == "a"
+    clock.now += 0.9
+    assert await cache.get("k", load) == "a"
+    assert len(calls) == 1
+
+
+async def test_get__after_ttl__reloads():
+    clock = Clock()
+    cache = TtlCache(1.0, clock)
+    load, calls = counting_loader(["a", "b"])
+    await cache.get("k", load)
+    clock.now += 1.0
+    assert await cache.get("k", load) == "b"
+    assert len(calls) == 2
+
+
+async def test_get__not_fresh_enough__reloads():
+    cache = TtlCache(10.0, Clock())
+    load, calls = counting_loader([5, 9])
+    assert await cache.get("head", load) == 5
+    assert await cache.get("head", load, lambda v: v >= 5) == 5
+    assert await cache.get("head", load, lambda v: v >= 7) == 9
+    assert len(calls) == 2
+
+
+async def test_get__concurrent_callers__share_one_load():
+    cache = TtlCache(1.0, Clock())
+    load, calls = counting_loader(["a", "b"])
+    assert await asyncio.gather(*(cache.get("k", load) for _ in range(5))) == ["a"] * 5
+    assert len(calls) == 1
+
+
+async def test_get__load_fails__raises_for_all_and_caches_nothing():
+    cache = TtlCache(1.0, Clock())
+    attempts = []
+
+    async def failing():
+        attempts.append(1)
+        await asyncio.sleep(0)
+        raise ConnectionError("rpc down")
+
+    results = await asyncio.gather(cache.get("k", failing), cache.get("k", failing),
+                                   return_exceptions=True)
+    assert [str(r) for r in results] == ["rpc down", "rpc down"]
+    assert len(attempts) == 1
+    load, _ = counting_loader(["a"])
+    assert await cache.get("k", load) == "a"
+
+
+async def test_get__keys_are_separate():
+    cache = TtlCache(1.0, Clock())
+    assert await cache.get("x", counting_loader([1])[0]) == 1
+    assert await cache.get("y", counting_loader([2])[0]) == 2
+
+
+async def test_get__zero_ttl__always_reloads():
+    cache = TtlCache(0.0, Clock())
+    load, calls = counting_loader(["a", "b"])
+    await cache.get("k", load)
+    assert await cache.get("k", load) == "b"
+    assert len(calls) == 2
