@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund --include=optional
+	npm install --no-audit --no-fund --include=optional
 	touch $@
 
 compile: install
