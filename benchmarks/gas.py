@@ -31,7 +31,7 @@ from agents.chain.build import ensure_compiled
 from agents.chain.client import ChainClient
 from agents.chain.deploy import DeployParams, deploy, register_model
 from agents.devnet.accounts import anvil_account
-from agents.devnet.network import MODEL_NAME, REFERENCE_MODEL, _anvil_binary, _free_port
+from agents.devnet.network import MODEL_NAME, REFERENCE_MODEL, anvil_binary, free_port
 from agents.node.chain_view import ChainView
 from agents.node.gateway import start_args
 from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     ensure_compiled(ROOT)
-    port = _free_port("127.0.0.1")
-    anvil = subprocess.Popen([_anvil_binary(), "--port", str(port), "--silent"],
+    port = free_port("127.0.0.1")
+    anvil = subprocess.Popen([anvil_binary(), "--port", str(port), "--silent"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         rpc_url = f"http://127.0.0.1:{port}"

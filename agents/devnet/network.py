@@ -74,7 +74,7 @@ class Devnet:
         self.procs.stop()
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -83,10 +83,10 @@ def _free_port(host: str) -> int:
 def _ports(config: DevnetConfig, count: int) -> list[int]:
     if config.port_base:
         return [config.port_base + i for i in range(count)]
-    return [_free_port(config.host) for _ in range(count)]
+    return [free_port(config.host) for _ in range(count)]
 
 
-def _anvil_binary() -> str:
+def anvil_binary() -> str:
     local = REPO / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
     found = shutil.which("anvil") or (str(local) if local.exists() else None)
     if not found:
@@ -124,7 +124,7 @@ def _start(config: DevnetConfig, procs: ProcessGroup, log) -> Devnet:
     log(f"starting anvil at {rpc_url} (block time {config.block_time} s)")
     procs.start(
         "anvil",
-        [_anvil_binary(), "--host", config.host, "--port", str(ports[0]),
+        [anvil_binary(), "--host", config.host, "--port", str(ports[0]),
          "--block-time", str(config.block_time), "--silent"],
     )
     w3 = Web3(Web3.HTTPProvider(rpc_url))

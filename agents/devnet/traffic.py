@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,10 +22,6 @@ CHAT = [
      {"role": "user", "content": "Write a function that parses a date."}],
     [{"role": "user", "content": "def sort_items(items):"}],
 ]
-
-# Ledger statuses (docs/protocol.md) that still await a start landing, a verdict or settlement
-PENDING = {0, 1, 2}
-
 
 def send(clients: list[NulliusClient], requests: int, max_tokens: int, concurrency: int = 3) -> list[bytes]:
     """Send `requests` inferences round-robin over the clients; returns the inference ids."""
@@ -51,17 +46,3 @@ def send(clients: list[NulliusClient], requests: int, max_tokens: int, concurren
                 ids.append(inference_id)
                 progress.advance(task)
     return ids
-
-
-def wait_resolved(client: NulliusClient, ids: list[bytes], timeout: float) -> int:
-    """Wait until every inference has a final status; returns how many are still pending."""
-    with Progress(TextColumn("[bold]validation and settlement"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn()) as progress:
-        task = progress.add_task("resolve", total=len(ids))
-        deadline = time.monotonic() + timeout
-        while True:
-            pending = sum(client.status(i).status in PENDING for i in ids)
-            progress.update(task, completed=len(ids) - pending)
-            if pending == 0 or time.monotonic() > deadline:
-                return pending
-            time.sleep(1.0)
