@@ -78,16 +78,22 @@ def load_record(ledger, inference_id: bytes, from_block: int = 0) -> Record:
     record does not match the hash on chain (an event scan that started too late).
     """
     topic = {"inference_id": inference_id}
-    started = ledger.events.Started().get_logs(from_block=from_block, argument_filters=topic)
+    # one block for every read, so a transaction landing in between cannot split events and state
+    block = ledger.w3.eth.block_number
+    started = ledger.events.Started().get_logs(from_block=from_block, to_block=block,
+                                               argument_filters=topic)
     if not started:
         raise RecordNotFound(f"no Started event for 0x{inference_id.hex()} from block {from_block}")
     record = from_started(started[0]["args"])
-    for log in ledger.events.QuorumRequested().get_logs(from_block=from_block, argument_filters=topic):
+    for log in ledger.events.QuorumRequested().get_logs(from_block=from_block, to_block=block,
+                                                        argument_filters=topic):
         record = with_quorum(record, log["args"]["quorum"])
-    done = ledger.events.Finished().get_logs(from_block=from_block, argument_filters=topic)
+    done = ledger.events.Finished().get_logs(from_block=from_block, to_block=block,
+                                             argument_filters=topic)
     if done:
         record = finished(record, done[0]["args"], done[0]["blockNumber"])
-    _status, on_chain, _voted, _passed = ledger.functions.stateOf(inference_id).call()
+    _status, on_chain, _voted, _passed = ledger.functions.stateOf(inference_id).call(
+        block_identifier=block)
     if bytes(on_chain) != record.record_hash():
         raise RecordNotFound(f"events from block {from_block} do not rebuild the record of 0x{inference_id.hex()}")
     return record

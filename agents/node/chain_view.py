@@ -156,27 +156,33 @@ class ChainView:
         seed = draw_seed(inference_id, self.blockhash(seed_block))
         return self.registry.functions.drawExecutor(model_id, seed).call()
 
-    def state(self, inference_id: bytes) -> InferenceState:
-        status, record_hash, voted, passed = self.ledger.functions.stateOf(inference_id).call()
+    def state(self, inference_id: bytes, block: int | str = "latest") -> InferenceState:
+        status, record_hash, voted, passed = self.ledger.functions.stateOf(inference_id).call(
+            block_identifier=block)
         return InferenceState(status, bytes(record_hash), voted, passed)
 
     def inference(self, inference_id: bytes) -> InferenceInfo:
         """Status from `stateOf`; terms, answer and record rebuilt from the inference's events
-        (the Ledger stores only a hash of the record), checked against that hash."""
-        state = self.state(inference_id)
+        (the Ledger stores only a hash of the record), checked against that hash. State and
+        events are read at one block, so a finish landing between the reads cannot split them."""
+        block = self.w3.eth.block_number
+        state = self.state(inference_id, block)
         if state.status == NONE:
             return InferenceInfo(NONE, ZERO_ADDRESS, ZERO_ADDRESS, b"\0" * 32, b"\0" * 32, 0, 0, 0,
                                  b"\0" * 32, b"\0" * 32, 0)
         topic = {"inference_id": inference_id}
         events = self.ledger.events
-        logs = events.Started().get_logs(from_block=self.start_block, argument_filters=topic)
+        logs = events.Started().get_logs(from_block=self.start_block, to_block=block,
+                                         argument_filters=topic)
         if not logs:
             raise LookupError(f"no Started event of 0x{inference_id.hex()} from block {self.start_block}")
         started = logs[0]
         record = records.from_started(started["args"])
-        for log in events.QuorumRequested().get_logs(from_block=started["blockNumber"], argument_filters=topic):
+        for log in events.QuorumRequested().get_logs(from_block=started["blockNumber"], to_block=block,
+                                                     argument_filters=topic):
             record = records.with_quorum(record, log["args"]["quorum"])
-        done = events.Finished().get_logs(from_block=started["blockNumber"], argument_filters=topic)
+        done = events.Finished().get_logs(from_block=started["blockNumber"], to_block=block,
+                                          argument_filters=topic)
         answer = done[0]["args"] if done else {}
         if done:
             record = records.finished(record, answer, done[0]["blockNumber"])

@@ -49,6 +49,7 @@ def test_load_record__events_disagree_with_chain__mismatch(ledger, client, start
     ledger.finish((record.as_tuple(), keccak(b"a"), keccak(b"d"), 3), sender=executor)
 
     class Withheld:
+        w3 = w3_ledger.w3
         functions = w3_ledger.functions
 
         class events:
