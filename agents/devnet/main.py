@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                            timeout=(p.epoch_length + p.settlement_delay) * config.block_time + 60)
 
         rows = summary.participant_rows(chain, net.participants, net.deployments.start_block)
-        console.print(summary.participant_table(rows))
+        for table in summary.participant_tables(rows):
+            console.print(table)
         (client_row,) = summary.client_rows(chain, [client.address])
         console.print(summary.client_table([client_row]))
         verdict = summary.verdict(rows, client_row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from rich import box
 from rich.table import Table
 
 from agents.chain.client import ChainClient
@@ -130,32 +131,44 @@ def unclaimed(chain: ChainClient, addresses: list[str], ids: list[bytes]) -> int
 
 
 def _tokens(amount: int) -> str:
-    return f"{amount / TOKEN:,.6f}"
+    return f"{amount / TOKEN:.4g}"
 
 
-def participant_table(rows: list[ParticipantRow]) -> Table:
-    table = Table(title="participants")
-    columns = ("participant", "model", "served", "verdicts pass/fail", "disputes on its answers / upheld",
-               "its accusations / rejected", "slashed", "stake", "reputation", "epochs claimed",
-               "fees + rewards claimed", "forfeited")
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("participant", "model") else "right")
+def _red(value: int, text: str | None = None) -> str:
+    text = str(value) if text is None else text
+    return f"[red]{text}" if value else text
+
+
+def participant_tables(rows: list[ParticipantRow]) -> list[Table]:
+    """Two tables that fit an 80-column terminal: the work and its judgement, then the money."""
+    work = Table(title="participants: work and judgement", box=box.SIMPLE_HEAD, padding=(0, 1),
+                 collapse_padding=True)
+    for col in ("", "model", "served", "verdicts\npass/fail", "its answers\ndisputed",
+                "upheld", "it\naccused", "rejected"):
+        work.add_column(col, justify="left" if col in ("", "model") else "right")
+    money = Table(title="participants: stake and earnings (tokens)", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), collapse_padding=True)
+    for col in ("", "stake", "slashed", "reputation", "epochs\nclaimed", "fees", "rewards",
+                "forfeited"):
+        money.add_column(col, justify="left" if col == "" else "right")
     for r in rows:
-        table.add_row(
-            f"{r.name} {r.address[:8]}", "[red]substitute (cheater)" if r.cheater else "reference",
-            str(r.served), f"{r.verdicts_pass}/{r.verdicts_fail}",
-            f"{r.disputes_against}/" + (f"[red]{r.invalidated}" if r.invalidated else "0"),
-            f"{r.accusations}/" + (f"[red]{r.accusations_rejected}" if r.accusations_rejected else "0"),
-            f"[red]{r.slashes}× {_tokens(r.slashed)}" if r.slashes else "0",
-            _tokens(r.stake), str(r.reputation), str(r.epochs_claimed),
-            f"{_tokens(r.fees_claimed)} + {_tokens(r.rewards_claimed)}",
-            f"[red]{_tokens(r.forfeited)}" if r.forfeited else "0",
+        name = r.name.replace("participant-", "p")
+        work.add_row(
+            name, "[red]substitute" if r.cheater else "reference", str(r.served),
+            f"{r.verdicts_pass}/{r.verdicts_fail}", str(r.disputes_against), _red(r.invalidated),
+            str(r.accusations), _red(r.accusations_rejected),
         )
-    return table
+        money.add_row(
+            name, _tokens(r.stake), _red(r.slashes, f"{_tokens(r.slashed)} ({r.slashes}×)") if r.slashes else "0",
+            str(r.reputation), str(r.epochs_claimed), _tokens(r.fees_claimed),
+            _tokens(r.rewards_claimed), _red(r.forfeited, _tokens(r.forfeited)),
+        )
+    return [work, money]
 
 
 def client_table(rows: list[ClientRow]) -> Table:
-    table = Table(title="clients")
+    table = Table(title="clients (tokens)", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  collapse_padding=True)
     for col in ("client", "spent", "refunded", "escrow left"):
         table.add_column(col, justify="left" if col == "client" else "right")
     for r in rows:
