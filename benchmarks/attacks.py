@@ -19,7 +19,7 @@ import torch
 
 from agents.mlnode.engine import Engine, Generation
 from agents.protocol.requests import InferenceRequest
-from agents.verification.artifact import Artifact
+from agents.verification.artifact import LP_SCALE, Artifact
 from agents.verification.calibration import ARTIFACT_TOP_K
 from agents.verification.sampler import SamplingParams
 
@@ -93,10 +93,8 @@ def _honest(cases, gens) -> list[Published]:
 
 def _rescore(engine: Engine, case: Case, output_ids) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of `engine`'s prefill over the case's prompt + the given output tokens."""
-    pf = engine.prefill(list(case.prompt_ids) + list(output_ids), K)
-    start = len(case.prompt_ids) - 1
-    rows = slice(start, start + len(output_ids))
-    return pf.topk_ids[rows], pf.topk_logprobs[rows]
+    pf = engine.prefill(list(case.prompt_ids) + list(output_ids), K, start=len(case.prompt_ids))
+    return pf.topk_ids, pf.topk_logprobs
 
 
 # -- honest variations ---------------------------------------------------------------------
@@ -231,6 +229,16 @@ def prompt_dropped_published(e: Engines, cases):
 def prompt_dropped_hidden(e: Engines, cases):
     """Runs without the system prompt but publishes the signed request."""
     return _from_generations(cases, _generate(e.ref, cases, prompts=[c.user_ids for c in cases]))
+
+
+def same_as_honest(pub: Published, honest: Published) -> bool:
+    """Whether an attack published what the honest executor would have (same request and seed):
+    the same request, tokens and top-k ids, and logprobs within one quantization step (batching
+    noise). Such an attack did no harm and no validator can tell it from honesty."""
+    a, h = pub.artifact, honest.artifact
+    return (a.request_json == h.request_json and np.array_equal(a.output_ids, h.output_ids)
+            and np.array_equal(a.topk_ids, h.topk_ids)
+            and bool(np.abs(a.topk_logprobs - h.topk_logprobs).max(initial=0) <= 1 / LP_SCALE))
 
 
 # what the client signs differently from the default cases, per attack

@@ -3,13 +3,23 @@ accuses an honest executor, and what a validation costs.
 
     python -m benchmarks.detection --quick          # about 2 minutes
     nohup python -m benchmarks.detection --honest 2000 --cases 96 > detection.log &
+    nohup python -m benchmarks.detection --only honest --honest 2000 > honest.log &   # ~30 min
+    nohup python -m benchmarks.detection --only attacks --cases 256 > attacks.log &    # ~30 min
 
 Stages: (1) honest executors under engine variations (1 or 2 threads, batch 1 or 8 with left
-padding, a separately loaded validator engine, greedy / T=0.7 / T=1.0, 16 to 256 tokens)
+padding, a separately loaded validator engine, greedy / T=0.7 / T=1.0, no mask / top-p / top-k /
+both, 16 to 256 tokens)
 measure the honest logprob drift; (2) thresholds are derived from it (`calibrate`); (3) every
 honest artifact and every attack of `benchmarks.attacks` is judged with those thresholds;
 (4) int8/int4 separability against the number of output tokens (AUC), and the validation cost.
 Writes benchmarks/results/detection[_quick].json and one PNG per attack.
+
+`--only honest` runs stage 1 alone and judges every artifact with the thresholds that ship
+(`calibration.DEFAULT`), not with ones derived from the run itself: the false-positive test of
+the code as deployed. It rewrites benchmarks/results/detection_honest.json as it goes.
+`--only attacks` runs stages 3 and 4 with the same shipped thresholds and writes
+benchmarks/results/detection_attacks.{json,png}: each attack case is also run honestly, and an
+attack that published exactly the honest artifact is counted apart (harmless, undetectable).
 """
 
 from __future__ import annotations
@@ -31,8 +41,8 @@ import torch
 from agents.mlnode.engine import Engine
 from agents.protocol.eip712 import Domain, inference_id
 from agents.protocol.requests import InferenceRequest
-from agents.verification.artifact import bytes_per_token
-from agents.verification.calibration import SAFETY, VALIDATOR_TOP_K, Thresholds, calibrate
+from agents.verification.artifact import Artifact, bytes_per_token
+from agents.verification.calibration import DEFAULT, SAFETY, VALIDATOR_TOP_K, Thresholds, calibrate
 from agents.verification.noise import seed_from_inference_id
 from agents.verification.validator import PrefillScores, Verdict, distribution_diffs, precheck, validate
 from benchmarks import attacks
@@ -65,12 +75,12 @@ def _snippets(rng: random.Random, count: int) -> list[str]:
 
 
 def make_cases(ref: Engine, rng: random.Random, count: int, max_tokens: int, temperature: float,
-               top_p: float = 1.0) -> list[Case]:
+               top_p: float = 1.0, top_k: int = 0) -> list[Case]:
     cases = []
     for text in _snippets(rng, count):
         request = InferenceRequest(
             model=ref.name, prompt=SYSTEM_PREFIX + text, max_tokens=max_tokens, temperature=temperature,
-            top_p=top_p, max_price=1, nonce=rng.getrandbits(64), deadline=2_000_000_000, client=CLIENT,
+            top_p=top_p, top_k=top_k, max_price=1, nonce=rng.getrandbits(64), deadline=2_000_000_000, client=CLIENT,
         )
         cases.append(Case(
             request=request,
@@ -87,10 +97,9 @@ def make_cases(ref: Engine, rng: random.Random, count: int, max_tokens: int, tem
 def scores_for(validator: Engine, case: Case, output_ids) -> tuple[PrefillScores, float]:
     """The validator's prefill over the signed prompt + the executor's tokens, and its time."""
     start = time.perf_counter()
-    pf = validator.prefill(list(case.prompt_ids) + list(output_ids), VALIDATOR_TOP_K)
+    pf = validator.prefill(list(case.prompt_ids) + list(output_ids), VALIDATOR_TOP_K, start=len(case.prompt_ids))
     elapsed = time.perf_counter() - start
-    rows = slice(len(case.prompt_ids) - 1, len(case.prompt_ids) - 1 + len(output_ids))
-    return PrefillScores(pf.topk_ids[rows], pf.topk_logprobs[rows], pf.token_logprobs[rows], pf.token_ranks[rows]), elapsed
+    return PrefillScores(pf.topk_ids, pf.topk_logprobs, pf.token_logprobs, pf.token_ranks), elapsed
 
 
 def judge(validator: Engine, case: Case, pub: Published, thresholds: Thresholds, scores=None) -> Verdict:
@@ -126,50 +135,123 @@ HONEST_VARIATIONS = [
 ]
 HONEST_TEMPERATURES = [0.0, 0.7, 1.0]
 HONEST_LENGTHS = [16, 32, 64, 128, 256]
+# the signed masks, cycled more slowly than the variations so that every combination occurs
+HONEST_MASKS = [dict(top_p=1.0, top_k=0), dict(top_p=0.9, top_k=0), dict(top_p=1.0, top_k=20),
+                dict(top_p=0.95, top_k=50)]
 
 
-def run_honest(engines: Engines, validator: Engine, rng: random.Random, total: int, log) -> list[dict]:
-    """Executes `total` honest inferences in groups of 8 over the variation grid; keeps each
-    artifact with its prefill so that stage 3 can judge it with the calibrated thresholds."""
-    runs = []
-    group = 0
-    while len(runs) < total:
+def run_honest(engines: Engines, validator: Engine, rng: random.Random, total: int, log):
+    """Executes `total` honest inferences in groups over the variation grid and yields each
+    artifact with the validator's prefill, so that it can be judged now or after calibration."""
+    done = group = 0
+    while done < total:
         name, executor, threads = HONEST_VARIATIONS[group % len(HONEST_VARIATIONS)]
         temperature = HONEST_TEMPERATURES[group % len(HONEST_TEMPERATURES)]
         length = HONEST_LENGTHS[(group // 2) % len(HONEST_LENGTHS)]
+        mask = HONEST_MASKS[(group // 12) % len(HONEST_MASKS)]
         size = 8 if name.startswith("batch") else 2
-        cases = make_cases(engines.ref, rng, min(size, total - len(runs)), length, temperature)
+        cases = make_cases(engines.ref, rng, min(size, total - done), length, temperature, **mask)
         for case, pub in zip(cases, executor(engines, cases, threads)):
             torch.set_num_threads(3 - threads)  # the validator uses the other thread count
             scores, _ = scores_for(validator, case, pub.artifact.output_ids)
-            runs.append(dict(variation=name, temperature=temperature, max_tokens=length, case=case, pub=pub,
-                             scores=scores, drift=honest_drift(pub, scores)))
+            done += 1
+            yield dict(variation=name, temperature=temperature, max_tokens=length, mask=mask, case=case,
+                       pub=pub, scores=scores, drift=honest_drift(pub, scores))
         group += 1
-        log(f"honest {len(runs)}/{total}")
-    return runs
+        log(f"honest {done}/{total}")
+
+
+def honest_summary(honest: list[dict], verdicts: list[Verdict]) -> dict:
+    """False positives overall and per variation, drift, resolution and artifact size."""
+    by_variation: dict[str, Counter] = {}
+    for r, v in zip(honest, verdicts):
+        mask = f"top_p={r['mask']['top_p']},top_k={r['mask']['top_k']}"
+        for key in (r["variation"], f"T={r['temperature']}", f"max_tokens={r['max_tokens']}", mask):
+            by_variation.setdefault(key, Counter())["n"] += 1
+            by_variation[key]["false_positives"] += not v.passed
+    positions = sum(v.metrics.n for v in verdicts)
+    sampled = [v for r, v in zip(honest, verdicts) if r["temperature"] > 0]
+    return dict(
+        validations=len(verdicts), false_positives=sum(not v.passed for v in verdicts),
+        false_positive_faults=[[asdict(f) for f in v.faults] for v in verdicts if not v.passed][:20],
+        drift_max=max(r["drift"] for r in honest), drift_median=float(np.median([r["drift"] for r in honest])),
+        lp_mean_max=max(v.metrics.lp_mean for v in verdicts), lp_max_max=max(v.metrics.lp_max for v in verdicts),
+        positions=positions,
+        resolved_share=sum(v.metrics.resolved for v in verdicts) / positions,
+        resolved_share_sampled=sum(v.metrics.resolved for v in sampled) / max(1, sum(v.metrics.n for v in sampled)),
+        ties=sum(v.metrics.ties for v in verdicts),
+        bytes_per_token_by_max_tokens={
+            n: float(np.mean([r["bytes_per_token"] for r in honest if r["max_tokens"] == n]))
+            for n in sorted({r["max_tokens"] for r in honest})
+        },
+        by_variation={k: dict(c) for k, c in sorted(by_variation.items())},
+    )
+
+
+def main_honest(engines: Engines, validator: Engine, rng: random.Random, args, header: dict, log) -> None:
+    """Stage 1 alone, judged with the shipped thresholds as it goes; the file is rewritten every
+    100 validations so that an interrupted run still reports what it saw."""
+    path = RESULTS / (args.out or "detection_honest.json")
+    kept, verdicts = [], []
+    for r in run_honest(engines, validator, rng, args.honest, log):
+        verdict = judge(validator, r["case"], r["pub"], DEFAULT, r["scores"])
+        if not verdict.passed:
+            log(f"FALSE POSITIVE {r['variation']} T={r['temperature']} {r['mask']}: {verdict.faults[:3]}")
+        r["bytes_per_token"] = bytes_per_token(r["pub"].artifact)
+        kept.append({f: v for f, v in r.items() if f not in ("case", "pub", "scores")})
+        verdicts.append(verdict)
+        if len(kept) % 100 == 0 or len(kept) == args.honest:
+            drift = max(x["drift"] for x in kept)
+            report = dict(header, seconds=round(time.time() - header["started"], 1), complete=len(kept) == args.honest,
+                          thresholds=asdict(DEFAULT), thresholds_from_this_run=asdict(calibrate(drift)),
+                          honest=honest_summary(kept, verdicts))
+            path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+            log(f"wrote {path}: {report['honest']['false_positives']} false positives in {len(kept)}")
+
+
+def _miss(pub: Published, honest: Published, verdict: Verdict) -> dict:
+    """What an undetected effective attack looked like: where its tokens left the honest ones."""
+    a, h = pub.artifact.output_ids, honest.artifact.output_ids
+    common = min(len(a), len(h))
+    differ = np.nonzero(a[:common] != h[:common])[0]
+    first = int(differ[0]) if differ.size else common
+    return dict(tokens=len(a), honest_tokens=len(h), first_difference=first,
+                positions_after=len(a) - first, resolved=verdict.metrics.resolved, ties=verdict.metrics.ties,
+                lp_mean=verdict.metrics.lp_mean)
 
 
 def run_attacks(engines: Engines, validator: Engine, rng: random.Random, count: int, thresholds, log) -> dict:
+    """Each attack on `count` fresh cases, beside the honest executor on the same cases: an attack
+    that published exactly the honest artifact (`attacks.same_as_honest`) was harmless, so the
+    rate among the effective ones is reported too."""
     results = {}
     for name, attack in attacks.ATTACKS.items():
         torch.set_num_threads(1)
         cases = make_cases(engines.ref, rng, count, ATTACK_TOKENS, ATTACK_TEMPERATURE,
                            **attacks.SIGNED.get(name, {}))
-        verdicts = []
+        verdicts, effective, missed = [], [], []
         for i in range(0, count, 8):
             chunk = cases[i : i + 8]
-            for case, pub in zip(chunk, attack(engines, chunk)):
+            for case, pub, honest in zip(chunk, attack(engines, chunk), attacks.honest_batch(engines, chunk)):
                 verdicts.append(judge(validator, case, pub, thresholds))
+                effective.append(not attacks.same_as_honest(pub, honest))
+                if effective[-1] and verdicts[-1].passed:
+                    missed.append(_miss(pub, honest, verdicts[-1]))
+        caught = [not v.passed for v in verdicts]
+        n_effective = sum(effective)
         kinds = Counter(f.kind for v in verdicts for f in v.faults)
         results[name] = dict(
-            n=len(verdicts), detected=sum(not v.passed for v in verdicts),
-            rate=sum(not v.passed for v in verdicts) / len(verdicts),
+            n=len(verdicts), detected=sum(caught), rate=sum(caught) / len(verdicts),
+            effective=n_effective, effective_detected=sum(c for c, e in zip(caught, effective) if e),
+            effective_rate=sum(c for c, e in zip(caught, effective) if e) / n_effective if n_effective else None,
+            harmless_detected=sum(c for c, e in zip(caught, effective) if not e),
             mean_faulty_positions=float(np.mean([len({f.position for f in v.faults}) for v in verdicts])),
             mean_output_tokens=float(np.mean([v.metrics.n for v in verdicts])),
             fault_kinds=dict(kinds.most_common()),
+            missed_effective=missed,
             scores=[v.score for v in verdicts], lp_means=[v.metrics.lp_mean for v in verdicts],
         )
-        log(f"attack {name}: detected {results[name]['detected']}/{count}")
+        log(f"attack {name}: detected {sum(caught)}/{count}, effective {results[name]['effective_detected']}/{n_effective}")
     return results
 
 
@@ -209,19 +291,32 @@ def run_auc(engines: Engines, validator: Engine, rng: random.Random, count: int,
 
 
 def run_cost(engines: Engines, validator: Engine, rng: random.Random, repeats: int) -> dict:
-    """Validator prefill time over executor generation time, one thread each, single requests."""
+    """Validator compute over executor compute for the same inference on the same engine, one
+    thread each, single requests, medians: the prefill over the output positions (what the
+    validator runs), the prefill over every position (what it ran before), and the judging."""
     torch.set_num_threads(1)
     out = {}
     for length in (64, 256):
-        gen_s, pre_s = [], []
-        for case in make_cases(engines.ref, rng, repeats, length, 0.0):
+        gen_s, pre_s, all_s, judge_s = [], [], [], []
+        for case in make_cases(engines.ref, rng, repeats, length, ATTACK_TEMPERATURE):
             start = time.perf_counter()
             g = engines.ref.generate(case.prompt_ids, case.request.sampling, case.seed, length, attacks.K)
-            gen_s.append((time.perf_counter() - start) / len(g.output_ids) * length)
-            _, elapsed = scores_for(validator, case, g.output_ids)
-            pre_s.append(elapsed)
-        out[length] = dict(generate_s=float(np.median(gen_s)), prefill_s=float(np.median(pre_s)),
-                           ratio=float(np.median(pre_s) / np.median(gen_s)))
+            scale = length / len(g.output_ids)  # an early EOS: per-token figures, scaled to `length`
+            gen_s.append((time.perf_counter() - start) * scale)
+            scores, elapsed = scores_for(validator, case, g.output_ids)
+            pre_s.append(elapsed * scale)
+            start = time.perf_counter()
+            validator.prefill(list(case.prompt_ids) + g.output_ids, VALIDATOR_TOP_K)
+            all_s.append((time.perf_counter() - start) * scale)
+            pub = Published(case.request, Artifact.build(case.request, case.seed, g.output_ids, g.topk_ids, g.topk_logprobs))
+            start = time.perf_counter()
+            judge(validator, case, pub, DEFAULT, scores)
+            judge_s.append((time.perf_counter() - start) * scale)
+        gen, pre, judged = (float(np.median(x)) for x in (gen_s, pre_s, judge_s))
+        out[length] = dict(generate_s=gen, prefill_s=pre, prefill_all_positions_s=float(np.median(all_s)),
+                           judge_s=judged, ratio=pre / gen, ratio_with_judging=(pre + judged) / gen,
+                           ratio_all_positions=float(np.median(all_s)) / gen, repeats=repeats,
+                           temperature=ATTACK_TEMPERATURE)
     return out
 
 
@@ -273,6 +368,46 @@ def plot_auc(curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_rates(results: dict, path: Path) -> None:
+    """Detection rate per attack: over all cases and over the effective ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.2))
+    ax.barh(y - 0.2, [results[n]["rate"] for n in names], 0.4, label="all cases")
+    ax.barh(y + 0.2, [results[n]["effective_rate"] or 0 for n in names], 0.4, label="effective (output differs)")
+    ax.set_yticks(y, [f"{n} ({results[n]['effective']}/{results[n]['n']})" for n in names], fontsize=8)
+    ax.set_xlim(0.8, 1.0)
+    ax.set_xlabel(f"detection rate at {ATTACK_TOKENS} tokens, T={ATTACK_TEMPERATURE}")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main_attacks(engines: Engines, validator: Engine, rng: random.Random, args, header: dict, started: float, log) -> None:
+    """Stages 3 and 4 with the shipped thresholds: attacks, quantization AUC, validation cost."""
+    results = run_attacks(engines, validator, rng, args.cases, DEFAULT, log)
+    auc = run_auc(engines, validator, rng, args.auc, log)
+    cost = run_cost(engines, validator, rng, args.cost_repeats)
+    log(f"cost {cost}")
+    plot_rates(results, RESULTS / "detection_attacks.png")
+    plot_auc(auc, RESULTS / "detection_attacks_auc.png")
+    report = dict(
+        header, seconds=round(time.time() - started, 1), machine=dict(cpus=os.cpu_count(), torch=torch.__version__),
+        thresholds=asdict(DEFAULT), attack_setting=dict(tokens=ATTACK_TOKENS, temperature=ATTACK_TEMPERATURE),
+        attacks={k: {f: v for f, v in r.items() if f not in ("scores", "lp_means")} for k, r in results.items()},
+        quantization_auc=auc, validation_cost=cost,
+    )
+    path = RESULTS / "detection_attacks.json"
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    log(f"wrote {path}")
+
+
 def _manifest_sha(model_dir: Path) -> str:
     return hashlib.sha256((model_dir / "manifest.json").read_bytes()).hexdigest()
 
@@ -287,6 +422,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ref", type=Path, default=ROOT / "models/ref-tiny")
     parser.add_argument("--sub", type=Path, default=ROOT / "models/sub-nano")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--only", choices=["honest", "attacks", "cost"], help="run part of the benchmark (see the module doc)")
+    parser.add_argument("--out", help="results file name for --only honest (default detection_honest.json)")
     args = parser.parse_args(argv)
     if args.quick:
         args.honest, args.cases, args.auc, args.cost_repeats = 16, 8, 4, 1
@@ -302,19 +439,27 @@ def main(argv=None) -> None:
     engines = Engines(ref=ref, sub=Engine.load(args.sub), int8=attacks.fake_quantize(ref, 8, None),
                       int4=attacks.fake_quantize(ref, 4, 64))
     validator = Engine.load(args.ref)  # a second load: the validator's own, restarted engine
+    if args.only == "honest":
+        header = dict(mode="honest", started=started, machine=dict(cpus=os.cpu_count(), torch=torch.__version__),
+                      models=models, safety=SAFETY)
+        return main_honest(engines, validator, rng, args, header, log)
+    if args.only == "cost":  # stage 4's timing alone, for a quiet machine
+        cost = run_cost(engines, validator, rng, args.cost_repeats)
+        report = dict(mode="cost", models=models, seconds=round(time.time() - started, 1),
+                      machine=dict(cpus=os.cpu_count(), torch=torch.__version__, load_avg=os.getloadavg()),
+                      validation_cost=cost)
+        (RESULTS / "detection_cost.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        return log(f"cost {cost}")
+    if args.only == "attacks":
+        return main_attacks(engines, validator, rng, args, dict(mode="attacks", models=models, safety=SAFETY), started, log)
 
-    honest = run_honest(engines, validator, rng, args.honest, log)
+    honest = list(run_honest(engines, validator, rng, args.honest, log))
     drift = max(r["drift"] for r in honest)
     thresholds = calibrate(drift)
     log(f"honest drift {drift:.3g} -> {thresholds}")
     verdicts = [judge(validator, r["case"], r["pub"], thresholds, r["scores"]) for r in honest]
-    by_variation: dict[str, Counter] = {}
-    for r, v in zip(honest, verdicts):
-        for key in (r["variation"], f"T={r['temperature']}", f"max_tokens={r['max_tokens']}"):
-            by_variation.setdefault(key, Counter())["n"] += 1
-            by_variation[key]["false_positives"] += not v.passed
-    positions = sum(v.metrics.n for v in verdicts)
-    sampled = [v for r, v in zip(honest, verdicts) if r["temperature"] > 0]
+    for r in honest:
+        r["bytes_per_token"] = bytes_per_token(r["pub"].artifact)
 
     attack_results = run_attacks(engines, validator, rng, args.cases, thresholds, log)
     auc = run_auc(engines, validator, rng, args.auc, log)
@@ -334,20 +479,7 @@ def main(argv=None) -> None:
         models=models,
         safety=SAFETY,
         thresholds=asdict(thresholds),
-        honest=dict(
-            validations=len(verdicts), false_positives=sum(not v.passed for v in verdicts),
-            drift_max=drift, drift_median=float(np.median([r["drift"] for r in honest])),
-            lp_mean_max=max(honest_means), lp_max_max=max(v.metrics.lp_max for v in verdicts),
-            positions=positions,
-            resolved_share=sum(v.metrics.resolved for v in verdicts) / positions,
-            resolved_share_sampled=sum(v.metrics.resolved for v in sampled) / max(1, sum(v.metrics.n for v in sampled)),
-            ties=sum(v.metrics.ties for v in verdicts),
-            bytes_per_token_by_max_tokens={
-                n: float(np.mean([bytes_per_token(r["pub"].artifact) for r in honest if r["max_tokens"] == n]))
-                for n in sorted({r["max_tokens"] for r in honest})
-            },
-            by_variation={k: dict(c) for k, c in by_variation.items()},
-        ),
+        honest=honest_summary(honest, verdicts),
         attacks={k: {f: v for f, v in r.items() if f not in ("scores", "lp_means")} for k, r in attack_results.items()},
         attack_setting=dict(tokens=ATTACK_TOKENS, temperature=ATTACK_TEMPERATURE),
         quantization_auc=auc,

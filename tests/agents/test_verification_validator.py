@@ -14,10 +14,10 @@ from eth_utils import keccak
 
 from agents.protocol.requests import InferenceRequest
 from agents.verification import noise
-from agents.verification.artifact import Artifact
+from agents.verification.artifact import LP_FLOOR, Artifact
 from agents.verification.calibration import ARTIFACT_TOP_K, DEFAULT, VALIDATOR_TOP_K, Thresholds
 from agents.verification.sampler import SamplingParams, sample_numpy
-from agents.verification.validator import PrefillScores, check_sampling, validate
+from agents.verification.validator import PrefillScores, _gumbel_of, check_sampling, distribution_diffs, validate
 
 V, EOS, BOS = 256, 0, 1
 _W = np.random.default_rng(7).normal(0.0, 2.0, (V, V))
@@ -336,3 +336,59 @@ def test_prefill_from_vllm_prompt_logprobs__parses_topk_and_actual_token():
         PrefillScores.from_prompt_logprobs(entries, [7, 4], top_k=3)
     with pytest.raises(ValueError, match="prompt_logprobs has 4 entries, need more than 4"):
         PrefillScores.from_prompt_logprobs(entries, [1, 2, 7, 4], top_k=2)
+
+
+def _reference_diffs(artifact: Artifact, pf: PrefillScores) -> tuple[np.ndarray, float]:
+    """The per-position loop that `distribution_diffs` vectorizes, kept as its specification."""
+    n, k = artifact.topk_ids.shape
+    diffs, overlap = np.zeros((n, k + 1)), 0.0
+    for t in range(n):
+        v_ids, v_lps = pf.topk_ids[t], np.maximum(pf.topk_logprobs[t], LP_FLOOR)
+        floor_out = max(float(v_lps[-1]), LP_FLOOR)
+        lookup = dict(zip(v_ids.tolist(), v_lps.tolist()))
+        lookup.setdefault(int(artifact.output_ids[t]), max(float(pf.token_logprobs[t]), LP_FLOOR))
+        e_ids, e_lps = artifact.topk_ids[t], artifact.topk_logprobs[t]
+        for j, (i, q) in enumerate(zip(e_ids.tolist(), e_lps.tolist())):
+            diffs[t, j] = abs(q - lookup[i]) if i in lookup else max(0.0, q - floor_out)
+        missing = ~np.isin(v_ids, e_ids)
+        if missing.any():
+            diffs[t, k] = max(0.0, float(v_lps[missing].max()) - float(e_lps.min()))
+        overlap += np.isin(e_ids, v_ids).mean()
+    return diffs, overlap / max(1, n)
+
+
+def _with_outsider_in_topk(req, honest: Artifact) -> Artifact:
+    """The token at position 2 is the least likely one, and the executor lists it in its top-k."""
+    x = int(np.argsort(log_probs(int(honest.output_ids[1]), 2))[0])
+    a = execute(req, force={2: x})
+    ids, lps = a.topk_ids.copy(), a.topk_logprobs.copy()
+    ids[2, 4], lps[2, 4] = x, -30.0
+    return Artifact.build(req, SEED, a.output_ids, ids, lps)
+
+
+def _shuffled_topk(lps):
+    lps[3:6, 4] = -40.0  # below the floor
+    lps[6, :] = lps[6, ::-1].copy()  # unsorted
+
+
+@pytest.mark.parametrize("case", ["honest", "outsider_token", "tampered", "far_prefill"])
+def test_distribution_diffs__vectorized_equals_the_per_position_loop(case):
+    req = request(max_tokens=40)
+    honest = execute(req)
+    artifact = {
+        "honest": honest,
+        "outsider_token": _with_outsider_in_topk(req, honest),
+        "tampered": execute(req, tamper=_shuffled_topk),
+        "far_prefill": honest,
+    }[case]
+    pf = prefill(artifact.output_ids, jitter=0.5 if case == "far_prefill" else 1e-6)
+    diffs, overlap = distribution_diffs(artifact, pf)
+    expected, expected_overlap = _reference_diffs(artifact, pf)
+    assert np.array_equal(diffs, expected) and overlap == expected_overlap
+    assert case == "honest" or diffs.max() > 0.01  # the non-honest cases do exercise the big branches
+
+
+def test_gumbel_of__the_same_floats_as_gumbel_scalar():
+    ids = np.array([0, 1, 7, 255, 4095, 2**31 - 1])
+    for seed, t in [(SEED, 0), (1, 17), (2**64 - 1, 255)]:
+        assert _gumbel_of(seed, t, ids).tolist() == [noise.gumbel_scalar(seed, t, int(i)) for i in ids]
