@@ -25,18 +25,8 @@ from agents.verification.artifact import Artifact, bytes_per_token
 from agents.verification.calibration import ARTIFACT_TOP_K
 from agents.verification.noise import seed_from_inference_id
 from agents.verification.sampler import SamplingParams
-from benchmarks.common import machine, pyplot, show, write_json
+from benchmarks.common import PROMPTS, machine, pyplot, show, write_json
 
-PROMPTS = [
-    "def __init__(self, ",
-    "import os\nimport sys\n\n",
-    "class Queue:\n    \"\"\"",
-    "    for key, value in ",
-    "def read_file(path):\n",
-    "    if not isinstance(",
-    "# Copyright 2001 Python Software Foundation\n",
-    "    raise ValueError(",
-]
 # any domain: the seed only has to come from an inference id, as on the network
 DOMAIN = Domain(31337, "0x" + "11" * 20)
 CLIENT = "0x" + "22" * 20

@@ -15,6 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 console = Console()
 
+# Openings in the style of the text the reference model was trained on (Python sources).
+PROMPTS = [
+    "def __init__(self, ",
+    "import os\nimport sys\n\n",
+    "class Queue:\n    \"\"\"",
+    "    for key, value in ",
+    "def read_file(path):\n",
+    "    if not isinstance(",
+    "# Copyright 2001 Python Software Foundation\n",
+    "    raise ValueError(",
+]
+
 
 def pyplot():
     """matplotlib's pyplot on the file-only backend: benchmarks run on headless machines."""

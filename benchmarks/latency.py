@@ -26,17 +26,11 @@ from agents.client.sdk import NulliusClient
 from agents.devnet import network
 from agents.protocol.eip712 import inference_id
 from agents.verification.noise import seed_from_inference_id
+from benchmarks.common import PROMPTS as COMMON_PROMPTS
 from benchmarks.common import machine, percentile, pyplot, show, write_json
 
-# Openings in the style of the text the reference model was trained on (Python sources).
-PROMPTS = [
-    "def __init__(self, ",
-    "import os\nimport sys\n\n",
-    "class Queue:\n    \"\"\"",
-    "    for key, value in ",
-    "def read_file(path):\n",
-    "    if not isinstance(",
-]
+# the first six of the shared prompts, as in the published latency runs
+PROMPTS = COMMON_PROMPTS[:6]
 TEMPERATURES = (0.0, 1.0)
 
 
