@@ -38,10 +38,11 @@ def _mlnode(argv: list[str]) -> int:
     p.add_argument("--served-name", help="the model name to answer to (default: the manifest's)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = p.parse_args(argv)
     from agents.mlnode.api import main
 
-    main(args.model, args.host, args.port, served_name=args.served_name)
+    main(args.model, args.host, args.port, served_name=args.served_name, threads=args.threads)
     return 0
 
 

@@ -67,7 +67,7 @@ def run_pair(client: NulliusClient, direct: httpx.Client, prompt: str, max_token
             "direct_tokens": answer["usage"]["completion_tokens"],
             "gateway_tokens": result.receipt.completion_tokens,
             "same_text": answer["choices"][0]["text"] == result.text,
-            "executor": result.executor}
+            "executor": result.executor, "timings_ms": result.timings}
 
 
 def summarize(samples: list[dict]) -> dict:
@@ -84,6 +84,10 @@ def summarize(samples: list[dict]) -> dict:
     out["completion_tokens_mean"] = float(np.mean([s["gateway_tokens"] for s in samples]))
     out["same_tokens"] = sum(s["direct_tokens"] == s["gateway_tokens"] for s in samples)
     out["same_text"] = sum(s["same_text"] for s in samples)
+    # the gateway's and executor's phases (Server-Timing), p50 of each
+    phases = dict.fromkeys(k for s in samples for k in s["timings_ms"])
+    out["phases_p50_ms"] = {k: percentile([s["timings_ms"].get(k, 0.0) for s in samples], 50)
+                            for k in phases}
     return out
 
 
@@ -155,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
           ["through gateway", summary["gateway_p50_ms"], summary["gateway_p99_ms"]],
           ["ratio gateway / direct", summary["ratio_p50"], summary["ratio_p99"]],
           ["paired overhead (ms)", summary["overhead_p50_ms"], ""]])
+    show("where the gateway path's time goes (Server-Timing, p50)", ["phase", "ms"],
+         [[name, ms] for name, ms in summary["phases_p50_ms"].items()])
     print(f"same tokens in {summary['same_tokens']}/{summary['pairs']} pairs; wrote {path}")
     return report
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -15,7 +15,8 @@ from agents.chain.deploy import Deployments
 from agents.node.chain_view import ChainView, InferenceInfo
 from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
 from agents.protocol.messages import (
-    H_EXECUTOR, H_INFERENCE_ID, RECEIPT_FIELD, ExecutionReceipt, auth_headers, openai_body,
+    H_EXECUTOR, H_INFERENCE_ID, H_SERVER_TIMING, RECEIPT_FIELD, ExecutionReceipt, auth_headers,
+    openai_body, parse_server_timing,
 )
 from agents.protocol.requests import ChatMessage, InferenceRequest
 
@@ -37,6 +38,8 @@ class InferenceResult:
     text: str
     receipt: ExecutionReceipt
     response: dict
+    # the gateway's and the executor's phases in ms, from the Server-Timing header
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class NulliusClient:
@@ -105,7 +108,8 @@ class NulliusClient:
             raise NulliusError("gateway answered for another inference id")
         if r.headers.get(H_EXECUTOR, "").lower() != receipt.executor.lower():
             raise NulliusError("the receipt's executor is not the one the gateway named")
-        return InferenceResult(expected_id, receipt.executor, text, receipt, payload)
+        return InferenceResult(expected_id, receipt.executor, text, receipt, payload,
+                               parse_server_timing(r.headers.get(H_SERVER_TIMING, "")))
 
     def infer(self, **kwargs) -> InferenceResult:
         """Build, sign and send a request; takes `build_request`'s arguments."""

@@ -41,6 +41,10 @@ class DevnetConfig:
     port_base: int = 0  # 0: pick free ports
     data_dir: Path = REPO / "devnet-data"
     block_time: int = 1
+    # Every model node of the devnet shares this machine's cores: with torch's default of one
+    # thread per core, their OpenMP threads oversubscribe the cores and spin against each other
+    # (on 2 cores, a tiny model decoded 2.5x slower at 2 threads than at 1 under load).
+    mlnode_threads: int = 1
     price_per_token: int = 10**12
     stake: int = 1_000 * TOKEN
     client_funds: int = 100 * TOKEN
@@ -166,7 +170,7 @@ def _start(config: DevnetConfig, procs: ProcessGroup, log) -> Devnet:
         procs.start(f"mlnode-{p.index}", [
             sys.executable, "-m", "agents.cli", "mlnode", "--model", str(model_dir),
             "--served-name", MODEL_NAME, "--host", config.host,
-            "--port", p.mlnode_url.rsplit(":", 1)[1],
+            "--port", p.mlnode_url.rsplit(":", 1)[1], "--threads", str(config.mlnode_threads),
         ])
         config_file = data / f"participant-{p.index}" / "node.json"
         config_file.parent.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,8 @@ def create_app(settings: NodeSettings) -> FastAPI:
         tasks = [asyncio.create_task(ctx.outbox.run(stop), name="outbox"),
                  *(asyncio.create_task(poller.run(handlers[name], stop, settings.poll_interval),
                                        name=f"events:{name}") for name, poller in pollers.items()),
-                 asyncio.create_task(tick_loop(ctx, window, jury_window, stop), name="roles")]
+                 asyncio.create_task(tick_loop(ctx, window, jury_window, stop), name="roles"),
+                 asyncio.create_task(ctx.follow_head(stop), name="head")]
         log.info("node %s up at %s serving %s", ctx.address, settings.url, settings.model)
         try:
             yield

@@ -42,6 +42,8 @@ class NodeSettings(BaseSettings):
     request_timeout: float = Field(default=120.0, gt=0)
     # seconds a registry entry or the head block may be reused on the request path
     chain_cache_ttl: float = Field(default=1.0, ge=0)
+    # seconds between background refreshes of the head block, so that requests find it cached
+    head_refresh: float = Field(default=0.25, gt=0)
     # seconds between chain polls of the role loops
     poll_interval: float = Field(default=1.0, gt=0)
     # extra artifact sources tried after this node's own store and the executor's /ipfs route

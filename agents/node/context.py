@@ -63,3 +63,16 @@ class NodeContext:
         """A recent head, at most `chain_cache_ttl` old and at least block `at_least`."""
         return await self.cache.get("head", lambda: self.read(self.chain.head),
                                     lambda head: head.number >= at_least)
+
+    async def follow_head(self, stop: asyncio.Event) -> None:
+        """Reload the head every `head_refresh` seconds, so the request path finds it (and its
+        hash, which seeds the draw) cached instead of waiting for the chain."""
+        while not stop.is_set():
+            try:
+                await self.cache.get("head", lambda: self.read(self.chain.head), lambda _: False)
+            except Exception as exc:  # the request path falls back to reading it itself
+                log.warning("head refresh failed: %r", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.head_refresh)
+            except TimeoutError:
+                pass

@@ -2,7 +2,8 @@
 
 It checks the order (gateway signature and registration, client signature, inference id, that
 this node is the drawn executor, once only), streams or returns the answer without the
-logprobs it asked for, then stores the artifact, queues `finish`, and signs an ExecutionReceipt that rides in the last chunk (or the JSON body).
+logprobs it asked for with an ExecutionReceipt naming the artifact in the last chunk (or the
+JSON body), then stores the artifact and queues `finish`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
@@ -17,12 +20,15 @@ from eth_utils import keccak, to_checksum_address
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
-from agents.artifacts.cid import digest_from_cid
+from agents.artifacts.cid import cid_of, digest_from_cid
 from agents.chain.records import Record
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
 from agents.node.model_client import TOP_K, Generation, generation_call, strip_logprobs
+from agents.node.timing import HEADER as TIMING_HEADER
+from agents.node.timing import PhaseTimer
 from agents.protocol import eip712
 from agents.protocol.messages import RECEIPT_FIELD, ExecuteOrder, ExecutionReceipt
 from agents.protocol.requests import InferenceRequest
@@ -109,33 +115,55 @@ def started_record(ctx: NodeContext, request: InferenceRequest, inference_id: by
                   max_tokens=request.max_tokens, deadline=request.deadline)
 
 
-def record(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes, gen: Generation,
-           response_hash: bytes, started: Record) -> str:
+def record(ctx: NodeContext, inference_id: bytes, artifact: bytes, response_hash: bytes,
+           completion_tokens: int, started: Record) -> None:
     """Store the artifact, then queue `finish` (the outbox holds it until the start lands); the
     order matters: a finish must never point at an artifact that was not stored. Blocking."""
-    cid = ctx.store.put(build_artifact(order, seed_from_inference_id(inference_id), gen))
+    cid = ctx.store.put(artifact)
     ctx.outbox.enqueue("finish", "0x" + inference_id.hex(),
                        [started.as_tuple(), "0x" + response_hash.hex(),
-                        "0x" + digest_from_cid(cid).hex(), len(gen.token_ids)])
-    return cid
+                        "0x" + digest_from_cid(cid).hex(), completion_tokens])
+
+
+@dataclass
+class Concluded:
+    """An answer's signed receipt, and the durable writes that make it good."""
+    receipt: ExecutionReceipt
+    record: Callable[[], Awaitable[None]]
 
 
 async def conclude(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
-                   gen: Generation) -> ExecutionReceipt:
-    """Record the answer (one trip off the event loop for the encoding and both writes), sign the receipt."""
+                   gen: Generation) -> Concluded:
+    """Build the artifact and sign the receipt that names it; the two fsynced writes of `record`
+    (about 8 ms here) are left to the caller to run once the answer has left. A crash in between
+    loses only this executor's fee: without a finish the inference expires and the client is
+    refunded, as for any executor that stops."""
     response_hash = keccak(text=gen.text)
     started = started_record(ctx, order.request, inference_id,
                              (await ctx.model(ctx.model_id)).price)
-    cid = await ctx.read(record, ctx, order, inference_id, gen, response_hash, started)
+    artifact = build_artifact(order, seed_from_inference_id(inference_id), gen)
+    cid = cid_of(artifact)
     ctx.metrics.completion_tokens.inc(len(gen.token_ids))
-    log.info("executor: inference 0x%s answered with %d tokens, artifact %s", inference_id.hex(),
-             len(gen.token_ids), cid)
-    return ExecutionReceipt(inference_id="0x" + inference_id.hex(), executor=ctx.address,
-                            response_hash="0x" + response_hash.hex(), artifact_cid=cid,
-                            completion_tokens=len(gen.token_ids)).sign(ctx.account.key)
+    receipt = ExecutionReceipt(inference_id="0x" + inference_id.hex(), executor=ctx.address,
+                               response_hash="0x" + response_hash.hex(), artifact_cid=cid,
+                               completion_tokens=len(gen.token_ids)).sign(ctx.account.key)
+
+    async def write() -> None:
+        try:
+            await ctx.read(record, ctx, inference_id, artifact, response_hash,
+                           len(gen.token_ids), started)
+        except Exception:
+            log.exception("executor: could not record inference 0x%s; it will expire unpaid",
+                          inference_id.hex())
+            return
+        log.info("executor: inference 0x%s answered with %d tokens, artifact %s",
+                 inference_id.hex(), len(gen.token_ids), cid)
+
+    return Concluded(receipt, write)
 
 
-async def execute(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes) -> Response:
+async def execute(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
+                  timer: PhaseTimer) -> Response:
     kind = order.request.kind
     path, body = generation_call(order.request, ctx.settings.model,
                                  seed_from_inference_id(inference_id), order.stream)
@@ -148,12 +176,15 @@ async def execute(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes) ->
             if r.status_code != 200:
                 raise ApiError(502, f"model node failed ({r.status_code}): {r.text[:300]}",
                                "model_node_error")
+            timer.lap("model")
             payload = r.json()
             gen.add_choice(kind, payload["choices"][0])
-            receipt = await conclude(ctx, order, inference_id, gen)
+            done = await conclude(ctx, order, inference_id, gen)
+            timer.lap("receipt")
             payload = strip_logprobs(payload)
-            payload[RECEIPT_FIELD] = receipt.model_dump(mode="json")
-            return JSONResponse(payload)
+            payload[RECEIPT_FIELD] = done.receipt.model_dump(mode="json")
+            return JSONResponse(payload, headers={TIMING_HEADER: timer.header()},
+                                background=BackgroundTask(done.record))
         upstream = await ctx.http.send(ctx.http.build_request("POST", url, json=body,
                                                               timeout=timeout), stream=True)
     except httpx.HTTPError as exc:
@@ -177,14 +208,19 @@ async def execute(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes) ->
                 yield f"data: {json.dumps(strip_logprobs(chunk))}\n\n"
         finally:
             await upstream.aclose()
-        receipt = await conclude(ctx, order, inference_id, gen)
+        timer.lap("model")
+        done = await conclude(ctx, order, inference_id, gen)
+        timer.lap("receipt")
         # shaped like OpenAI's usage chunk (no choices) so SDKs pass it through
         final = {"object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-                 "choices": [], RECEIPT_FIELD: receipt.model_dump(mode="json")}
+                 "choices": [], RECEIPT_FIELD: done.receipt.model_dump(mode="json")}
         yield f"data: {json.dumps(final)}\n\n"
         yield "data: [DONE]\n\n"
+        await done.record()
 
-    return StreamingResponse(relay(), media_type="text/event-stream")
+    # the header leaves before the answer, so it holds the checks only; /metrics has the rest
+    return StreamingResponse(relay(), media_type="text/event-stream",
+                             headers={TIMING_HEADER: timer.header()})
 
 
 router = APIRouter()
@@ -194,10 +230,12 @@ router = APIRouter()
 async def execute_route(http_request: Request) -> Response:
     ctx: NodeContext = http_request.app.state.ctx
     ctx.metrics.requests.labels("executor").inc()
+    timer = PhaseTimer(ctx.metrics.phase_seconds, "executor")
     try:
         order = parse_order(await http_request.body())
         inference_id = await check_order(ctx, order)
-        return await execute(ctx, order, inference_id)
+        timer.lap("check")
+        return await execute(ctx, order, inference_id, timer)
     except ApiError as exc:
         ctx.metrics.errors.labels("executor", exc.code).inc()
         raise

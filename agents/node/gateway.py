@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from agents.node.chain_view import NONE, ZERO_ADDRESS
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
+from agents.node.timing import HEADER as TIMING_HEADER
+from agents.node.timing import PhaseTimer
 from agents.protocol import eip712
 from agents.protocol.messages import (
     H_CLIENT, H_DEADLINE, H_EXECUTOR, H_INFERENCE_ID, H_MAX_PRICE, H_NONCE, H_SIGNATURE,
@@ -131,7 +133,8 @@ def check_signature(request: InferenceRequest, domain: eip712.Domain, signature:
                        "signature_mismatch", H_SIGNATURE)
 
 
-async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes) -> Admission:
+async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes,
+                timer: PhaseTimer) -> Admission:
     """All checks before anything is recorded. The local ones come first, so a forged or malformed
     request costs no chain read; the chain reads then go out together."""
     s = ctx.settings
@@ -147,24 +150,27 @@ async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes) -
     if ctx.state.nonce_used(request.client, request.nonce):
         raise _nonce_reused(request)
     mid = eip712.model_id(request.model)
+    timer.lap("verify")
     seed_block = (await ctx.head()).number
-    model, info, escrow, in_flight, executor = await asyncio.gather(
-        ctx.model(mid), ctx.read(ctx.chain.state, inference_id),
-        ctx.read(ctx.chain.escrow_of, request.client), in_flight_locks(ctx, request.client),
-        ctx.read(ctx.chain.draw_executor, mid, inference_id, seed_block))
+    pending = ctx.state.pending_locks(request.client)
+    model, reads = await asyncio.gather(
+        ctx.model(mid), ctx.read(ctx.chain.admission, mid, inference_id, request.client, seed_block,
+                                 [i for i, _, _ in pending]))
+    timer.lap("chain")
     if not model.active:
         raise ApiError(404, f"model '{request.model}' is not registered on chain",
                        "model_not_found", "model")
     if model.price > request.max_price:
         raise ApiError(400, f"max_price {request.max_price} is below the model price {model.price}",
                        "max_price_too_low", H_MAX_PRICE)
-    if info.status != NONE:
+    if reads.status != NONE:
         raise _nonce_reused(request)
+    in_flight = in_flight_locks(ctx, pending, reads.pending_status)
     lock = request.max_tokens * model.price
-    if escrow - in_flight < lock:
-        raise ApiError(402, f"insufficient escrow: {escrow} deposited, {in_flight} in flight, "
+    if reads.escrow - in_flight < lock:
+        raise ApiError(402, f"insufficient escrow: {reads.escrow} deposited, {in_flight} in flight, "
                        f"{lock} needed", "insufficient_escrow")
-    return Admission(inference_id, lock, seed_block, executor)
+    return Admission(inference_id, lock, seed_block, reads.executor)
 
 
 def _nonce_reused(request: InferenceRequest) -> ApiError:
@@ -172,14 +178,14 @@ def _nonce_reused(request: InferenceRequest) -> ApiError:
                     "nonce_reused", H_NONCE)
 
 
-async def in_flight_locks(ctx: NodeContext, client: str) -> int:
-    """Locks of this client's accepted requests that the chain does not yet show as started."""
-    pending = ctx.state.pending_locks(client)
-    infos = await asyncio.gather(*(ctx.read(ctx.chain.state, i) for i, _, _ in pending))
+def in_flight_locks(ctx: NodeContext, pending: list[tuple[bytes, int, int]],
+                    statuses: list[int]) -> int:
+    """Locks of this client's accepted requests that the chain does not yet show as started;
+    `statuses` are the chain's statuses of `pending` (NodeState.pending_locks), in order."""
     total = 0
     now = time.time()
-    for (inference_id, lock, deadline), info in zip(pending, infos):
-        if info.status != NONE or deadline < now:  # the chain holds it, or the Ledger will refuse to start it
+    for (inference_id, lock, deadline), status in zip(pending, statuses):
+        if status != NONE or deadline < now:  # the chain holds it, or the Ledger will refuse to start it
             ctx.state.release_lock(inference_id)
         else:
             total += lock
@@ -187,7 +193,8 @@ async def in_flight_locks(ctx: NodeContext, client: str) -> int:
 
 
 async def dispatch(ctx: NodeContext, request: InferenceRequest, signature: bytes, stream: bool):
-    a = await admit(ctx, request, signature)
+    timer = PhaseTimer(ctx.metrics.phase_seconds, "gateway")
+    a = await admit(ctx, request, signature, timer)
     inference_id, seed_block, executor = a.inference_id, a.seed_block, a.executor
     if executor == ZERO_ADDRESS:
         raise ApiError(503, f"no participant serves model '{request.model}'", "no_executor", "model")
@@ -205,8 +212,9 @@ async def dispatch(ctx: NodeContext, request: InferenceRequest, signature: bytes
     log.info("gateway: inference 0x%s to executor %s (seed block %d)", inference_id.hex(), executor,
              seed_block)
     headers = {H_INFERENCE_ID: "0x" + inference_id.hex(), H_EXECUTOR: executor}
+    timer.lap("order")
     try:
-        return await forward(ctx, url, order, headers)
+        return await forward(ctx, url, order, headers, timer)
     finally:
         await queued
 
@@ -218,7 +226,8 @@ def start_args(request: InferenceRequest, signature: bytes, seed_block: int, exe
             request.deadline, "0x" + signature.hex(), seed_block, executor]
 
 
-async def forward(ctx: NodeContext, url: str, order: ExecuteOrder, headers: dict) -> Response:
+async def forward(ctx: NodeContext, url: str, order: ExecuteOrder, headers: dict,
+                  timer: PhaseTimer) -> Response:
     target = url.rstrip("/") + "/nullius/v1/execute"
     body = order.model_dump(mode="json")
     timeout = ctx.settings.request_timeout
@@ -227,8 +236,11 @@ async def forward(ctx: NodeContext, url: str, order: ExecuteOrder, headers: dict
             r = await ctx.http.post(target, json=body, timeout=timeout)
             if r.status_code != 200:
                 raise _executor_error(headers[H_EXECUTOR], r)
+            timer.lap("executor")
             # relayed as is: the client checks the executor's receipt, not the gateway
-            return Response(r.content, media_type="application/json", headers=headers)
+            timing = timer.header(r.headers.get(TIMING_HEADER))
+            return Response(r.content, media_type="application/json",
+                            headers={**headers, TIMING_HEADER: timing})
         upstream = await ctx.http.send(ctx.http.build_request("POST", target, json=body,
                                                               timeout=timeout), stream=True)
     except httpx.HTTPError as exc:
@@ -246,7 +258,10 @@ async def forward(ctx: NodeContext, url: str, order: ExecuteOrder, headers: dict
         finally:
             await upstream.aclose()
 
-    return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
+    timer.lap("executor")  # until the executor's first byte
+    timing = timer.header(upstream.headers.get(TIMING_HEADER))
+    return StreamingResponse(relay(), media_type="text/event-stream",
+                             headers={**headers, TIMING_HEADER: timing})
 
 
 def _executor_error(executor: str, r: httpx.Response) -> ApiError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class NodeMetrics:
@@ -16,6 +16,10 @@ class NodeMetrics:
                                          registry=self.registry)
         self.verdicts = Counter("nullius_verdicts", "Validation verdicts this node gave",
                                 ["passed"], registry=self.registry)
+        self.phase_seconds = Histogram(
+            "nullius_phase_seconds", "Time spent in each phase of a request, by role and phase",
+            ["role", "phase"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.outbox = Gauge("nullius_outbox", "Outbox entries by state",
                             ["state"], registry=self.registry)
 

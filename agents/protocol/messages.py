@@ -29,12 +29,29 @@ H_MAX_PRICE = "X-Nullius-Max-Price"
 H_SIGNATURE = "X-Nullius-Signature"
 H_INFERENCE_ID = "X-Nullius-Inference-Id"
 H_EXECUTOR = "X-Nullius-Executor"
+# W3C Server Timing: the gateway's and the executor's phases of an answer, in ms
+H_SERVER_TIMING = "Server-Timing"
 # The field of an answer (JSON body or last stream chunk) that carries the ExecutionReceipt.
 RECEIPT_FIELD = "nullius_receipt"
 
 # OpenAI body fields that determine the answer (signed) and those that only shape delivery.
 _SIGNED_FIELDS = ("model", "prompt", "messages", "max_tokens", "temperature", "top_p", "top_k")
 _DELIVERY_FIELDS = ("stream", "stream_options", "n")
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """`Server-Timing` entries that carry a duration, as {name: milliseconds}."""
+    out = {}
+    for entry in header.split(","):
+        name, _, params = entry.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur" and name:
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+    return out
 
 
 class RequestMappingError(ValueError):

@@ -413,11 +413,27 @@ def test_sdk__infer__answer_on_chain_and_validated(net, mlnode, client_acct, anv
     assert client.escrow() == escrow - info.cost
 
 
+def test_sdk__infer__server_timing_splits_the_latency(net, mlnode, client_acct):
+    client = NulliusClient(net.gateway.url, net.rpc_url, client_acct.key, net.deployments)
+    result = client.infer(model=MODEL, prompt="def f(x):\n", max_tokens=4, temperature=0.0)
+    assert list(result.timings) == ["verify", "chain", "order", "executor", "executor-check",
+                                    "executor-model", "executor-receipt"]
+    assert all(ms >= 0 for ms in result.timings.values())
+    # the executor's phases happen inside the gateway's wait for it
+    executor_side = sum(ms for name, ms in result.timings.items() if name.startswith("executor-"))
+    assert executor_side <= result.timings["executor"]
+    metrics = httpx.get(net.gateway.url + "/metrics").text
+    assert 'nullius_phase_seconds_count{phase="chain",role="gateway"}' in metrics
+
+
 def test_gateway__replayed_request__409_nothing_changes(net, mlnode, client_acct, anvil):
     body = _body(max_tokens=4)
     headers = _headers(net, client_acct, body)
     first = _post(net.gateway.url, body, headers)
     assert first.status_code == 200, first.text
+    # the first answer's own writes (start, finish, validation) land after it; let them settle
+    iid = bytes.fromhex(first.headers["X-Nullius-Inference-Id"][2:])
+    assert _wait_status(net, iid, {VALIDATED}, anvil) == VALIDATED
     before = _snapshot(net, client_acct)
     r = _post(net.gateway.url, body, headers)
     assert _error(r) == (409, "nonce_reused",

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from agents.protocol.messages import (
     ExecuteOrder, ExecutionReceipt, RequestMappingError, auth_headers, openai_body,
-    request_from_openai,
+    parse_server_timing, request_from_openai,
 )
 from agents.protocol.requests import InferenceRequest
 
@@ -117,3 +117,13 @@ def test_auth_headers__carry_the_authorization():
     assert headers == {"X-Nullius-Client": CLIENT, "X-Nullius-Nonce": "7",
                        "X-Nullius-Deadline": "2000000000", "X-Nullius-Max-Price": "5",
                        "X-Nullius-Signature": "0x" + "01" * 65}
+
+
+def test_server_timing__durations_parsed_in_order():
+    header = "verify;dur=1.0, chain;desc=\"rpc\";dur=12.5, executor-model;dur=80"
+    assert parse_server_timing(header) == {"verify": 1.0, "chain": 12.5, "executor-model": 80.0}
+
+
+def test_server_timing__entries_without_a_number_left_out():
+    assert parse_server_timing("") == {}
+    assert parse_server_timing("cache, db;dur=abc, ;dur=3, ok;dur=2") == {"ok": 2.0}
