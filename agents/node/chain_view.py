@@ -98,6 +98,26 @@ class Epoch:
 
 
 @dataclass(frozen=True)
+class Members:
+    """A model's active participants in draw order, with their stakes, read in one batch."""
+    addresses: tuple[str, ...]
+    stakes: tuple[int, ...]
+
+    def draw(self, seed: bytes) -> str:
+        """`Registry.drawExecutor(model, seed)` over these stakes: r = seed mod their total, then
+        walk the members in order subtracting stakes until r falls inside one."""
+        total = sum(self.stakes)
+        if total == 0:
+            return ZERO_ADDRESS
+        r = int.from_bytes(seed, "big") % total
+        for address, stake in zip(self.addresses, self.stakes):
+            if r < stake:
+                return address
+            r -= stake
+        raise AssertionError("unreachable: r < total")
+
+
+@dataclass(frozen=True)
 class AdmissionReads:
     """What a gateway reads before it accepts a request, as of one batch of calls."""
     status: int  # of the inference
@@ -141,6 +161,10 @@ class ChainView:
             self._remember(number, cached)
         return cached
 
+    def known_blockhash(self, number: int) -> bytes | None:
+        """The hash of block `number` if a head or hash read has seen it; never a chain read."""
+        return self._hashes.get(number)
+
     def _remember(self, number: int, block_hash: bytes) -> None:
         with self._hashes_lock:
             self._hashes[number] = block_hash
@@ -164,6 +188,14 @@ class ChainView:
     def draw_executor(self, model_id: bytes, inference_id: bytes, seed_block: int) -> str:
         seed = draw_seed(inference_id, self.blockhash(seed_block))
         return self.registry.functions.drawExecutor(model_id, seed).call()
+
+    def members(self, model_id: bytes, block: int | str = "latest") -> Members:
+        addresses = self.registry.functions.participantsOf(model_id).call(block_identifier=block)
+        with self.w3.batch_requests() as batch:
+            for address in addresses:
+                batch.add(self.registry.functions.stakeOf(address).call(block_identifier=block))
+            stakes = batch.execute() if addresses else []
+        return Members(tuple(addresses), tuple(stakes))
 
     def admission(self, model_id: bytes, inference_id: bytes, client: str, seed_block: int,
                   pending: list[bytes]) -> AdmissionReads:

@@ -12,7 +12,7 @@ import httpx
 from eth_account.signers.local import LocalAccount
 
 from agents.node.cache import TtlCache
-from agents.node.chain_view import ChainView, Head, Model, ParticipantInfo
+from agents.node.chain_view import ChainView, Head, Members, Model, ParticipantInfo
 from agents.node.config import NodeSettings
 from agents.node.metrics import NodeMetrics
 from agents.node.state import NodeState
@@ -64,13 +64,26 @@ class NodeContext:
         return await self.cache.get("head", lambda: self.read(self.chain.head),
                                     lambda head: head.number >= at_least)
 
+    async def members(self, at_least: int = 0) -> Members:
+        """The served model's members and stakes, read at block `at_least` or later."""
+        _block, members = await self.cache.get(("members", self.model_id),
+                                               lambda: self._read_members(at_least),
+                                               lambda entry: entry[0] >= at_least)
+        return members
+
+    async def _read_members(self, at_least: int) -> tuple[int, Members]:
+        head = await self.head(at_least)
+        return head.number, await self.read(self.chain.members, self.model_id, head.number)
+
     async def follow_head(self, stop: asyncio.Event) -> None:
-        """Reload the head every `head_refresh` seconds, so the request path finds it (and its
-        hash, which seeds the draw) cached instead of waiting for the chain."""
+        """Reload the head every `head_refresh` seconds, and the members when it moved, so the
+        request path finds them (and the hash that seeds the draw) cached."""
         while not stop.is_set():
             try:
-                await self.cache.get("head", lambda: self.read(self.chain.head), lambda _: False)
-            except Exception as exc:  # the request path falls back to reading it itself
+                head = await self.cache.get("head", lambda: self.read(self.chain.head),
+                                            lambda _: False)
+                await self.members(head.number)
+            except Exception as exc:  # the request path falls back to reading them itself
                 log.warning("head refresh failed: %r", exc)
             try:
                 await asyncio.wait_for(stop.wait(), self.settings.head_refresh)

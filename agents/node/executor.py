@@ -24,6 +24,7 @@ from starlette.background import BackgroundTask
 
 from agents.artifacts.cid import cid_of, digest_from_cid
 from agents.chain.records import Record
+from agents.node.chain_view import draw_seed
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
 from agents.node.model_client import TOP_K, Generation, generation_call, strip_logprobs
@@ -82,9 +83,8 @@ async def check_order(ctx: NodeContext, order: ExecuteOrder) -> bytes:
     if not head - BLOCKHASH_WINDOW < order.seed_block <= head:
         raise ApiError(400, f"seed block {order.seed_block} is not within the last "
                        f"{BLOCKHASH_WINDOW} blocks (head {head})", "stale_seed_block", "seed_block")
-    gateway, drawn = await asyncio.gather(
-        ctx.participant(order.gateway),
-        ctx.read(ctx.chain.draw_executor, ctx.model_id, inference_id, order.seed_block))
+    gateway, drawn = await asyncio.gather(ctx.participant(order.gateway),
+                                          drawn_executor(ctx, inference_id, order.seed_block))
     if not gateway.active:
         raise ApiError(403, f"gateway {order.gateway} is not a registered participant",
                        "unknown_gateway", "gateway")
@@ -95,6 +95,18 @@ async def check_order(ctx: NodeContext, order: ExecuteOrder) -> bytes:
         raise ApiError(409, f"inference 0x{inference_id.hex()} was already executed",
                        "already_executed", "inference_id")
     return inference_id
+
+
+async def drawn_executor(ctx: NodeContext, inference_id: bytes, seed_block: int) -> str:
+    """The draw's pick, computed from the cached members when the seed block's hash is known here
+    (no chain read); a pick other than this node is confirmed by the chain before a refusal, as
+    the cached stakes may predate a change."""
+    seed_hash = ctx.chain.known_blockhash(seed_block)
+    if seed_hash is not None:
+        members = await ctx.members()
+        if members.draw(draw_seed(inference_id, seed_hash)).lower() == ctx.address.lower():
+            return ctx.address
+    return await ctx.read(ctx.chain.draw_executor, ctx.model_id, inference_id, seed_block)
 
 
 def build_artifact(order: ExecuteOrder, seed: int, gen: Generation) -> bytes:

@@ -32,7 +32,7 @@ from agents.chain.deploy import Deployments, register_model
 from agents.client.openai_hook import signing_http_client
 from agents.client.sdk import NulliusClient, NulliusError
 from agents.node.app import create_app
-from agents.node.chain_view import FINISHED, VALIDATED, ChainView
+from agents.node.chain_view import FINISHED, VALIDATED, ZERO_ADDRESS, ChainView, Members
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext
 from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
@@ -411,6 +411,24 @@ def test_sdk__infer__answer_on_chain_and_validated(net, mlnode, client_acct, anv
     info = client.status(result.inference_id)
     assert info.cost == result.receipt.completion_tokens * PRICE
     assert client.escrow() == escrow - info.cost
+
+
+def test_members_draw__same_pick_as_the_registry(net):
+    view = ChainView(net.gov)
+    members = view.members(model_id(MODEL))
+    assert len(members.addresses) == len(net.nodes)
+    for i in range(64):
+        seed = keccak(i.to_bytes(32, "big"))
+        assert members.draw(seed) == view.registry.functions.drawExecutor(model_id(MODEL), seed).call()
+
+
+@pytest.mark.parametrize("r, picked", [(0, "a"), (1, "b"), (2, "b"), (3, "c"), (5, "c"), (6, "a")])
+def test_members_draw__walks_stakes_in_order(r, picked):
+    assert Members(("a", "b", "c"), (1, 2, 3)).draw(r.to_bytes(32, "big")) == picked
+
+
+def test_members_draw__no_stake__zero_address():
+    assert Members((), ()).draw(b"\x01" * 32) == ZERO_ADDRESS
 
 
 def test_sdk__infer__server_timing_splits_the_latency(net, mlnode, client_acct):
