@@ -8,8 +8,9 @@ it records inferences the way the nodes do: client-signed EIP-712 authorizations
 (agents.protocol.eip712), the executor drawn by the Registry from a real block hash, `start`
 sent by a gateway and `finish` by the drawn executor. It measures the gas of `start` + `finish`
 with the single-call entry points, and per inference with `startBatch` + `finishBatch` of each
-size (the outbox's batches), and the calldata bytes per inference. Writes
-benchmarks/results/<name>.json and <name>.png.
+size (the outbox's batches), and the calldata bytes per inference; then it splits one batch of 16
+by kind of gas from anvil's opcode trace (docs/gas.md). Writes benchmarks/results/<name>.json and
+<name>.png.
 """
 
 from __future__ import annotations
@@ -150,6 +151,39 @@ def batch(c: Chain, size: int, reps: int) -> dict:
     return _row(size, starts, finishes, per=size)
 
 
+# opcode classes of the breakdown; everything else is "execution"
+CLASSES = {"SSTORE": "storage writes", "SLOAD": "storage reads", "KECCAK256": "hashing",
+           "LOG0": "events", "LOG1": "events", "LOG2": "events", "LOG3": "events", "LOG4": "events"}
+CALLS = ("STATICCALL", "CALL", "DELEGATECALL")
+
+
+def breakdown(w3: Web3, tx_hash, per: int) -> dict:
+    """Gas per inference of one transaction by kind: intrinsic (21,000 and calldata) and, from
+    anvil's opcode trace, storage writes and reads, calls (their own cost: the ecrecover
+    precompile and the Registry views' call overhead), events, hashing and the rest. Opcodes in a
+    called contract count in their class too."""
+    trace = w3.provider.make_request("debug_traceTransaction", [
+        "0x" + bytes(tx_hash).hex(),
+        {"disableStorage": True, "disableMemory": True, "disableStack": True}])["result"]
+    steps = trace["structLogs"]
+    out = dict.fromkeys(["storage writes", "storage reads", "calls", "events", "hashing",
+                         "execution"], 0)
+    for i, step in enumerate(steps):
+        if step["op"] in CALLS:
+            # the call's own cost: gas before it minus gas after it, minus what its callee's
+            # opcodes spent (counted in their classes)
+            j = i + 1
+            while j < len(steps) and steps[j]["depth"] > step["depth"]:
+                j += 1
+            inner = sum(x["gasCost"] for x in steps[i + 1:j] if x["depth"] == step["depth"] + 1)
+            out["calls"] += step["gas"] - steps[j]["gas"] - inner if j < len(steps) else 0
+        else:
+            out[CLASSES.get(step["op"], "execution")] += step["gasCost"]
+    receipt = w3.eth.get_transaction_receipt(tx_hash)
+    out["intrinsic"] = receipt["gasUsed"] - sum(out.values())
+    return {k: v / per for k, v in out.items()}
+
+
 def _row(size: int, starts: list, finishes: list, per: int) -> dict:
     start_gas = statistics.median(g for g, _, _ in starts) / per
     finish_gas = statistics.median(g for g, _, _ in finishes) / per
@@ -191,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     ensure_compiled(ROOT)
     port = free_port("127.0.0.1")
-    anvil = subprocess.Popen([anvil_binary(), "--port", str(port), "--silent"],
+    # --steps-tracing: debug_traceTransaction returns the opcode steps the breakdown needs
+    anvil = subprocess.Popen([anvil_binary(), "--port", str(port), "--silent", "--steps-tracing"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         rpc_url = f"http://127.0.0.1:{port}"
@@ -206,6 +241,13 @@ def main(argv: list[str] | None = None) -> dict:
             single(c, 1)
             single_row = single(c, args.single)
             rows = [batch(c, n, args.reps) for n in args.sizes]
+            items = drawn_requests(c, 16)
+            _, _, start_receipt = _measured(c, c.gateway, c.gateway.ledger.functions.startBatch(
+                [s for s, _ in items]))
+            _, _, finish_receipt = _measured(c, c.executor, c.executor.ledger.functions.finishBatch(
+                finish_args(c, start_receipt)))
+            split = {"startBatch": breakdown(w3, start_receipt["transactionHash"], 16),
+                     "finishBatch": breakdown(w3, finish_receipt["transactionHash"], 16)}
     finally:
         anvil.terminate()
         anvil.wait(timeout=10)
@@ -217,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "completion_tokens": MAX_TOKENS, "single": args.single, "reps": args.reps,
                          "finish_args": _finish_components(c),
                          "statistic": "median over the measured transactions"},
-              "single": single_row, "batches": rows,
+              "single": single_row, "batches": rows, "batch16_breakdown": split,
               "summary": {"single_gas_per_inference": single_row["total_gas"],
                           "batch16_gas_per_inference": headline and headline["total_gas"],
                           "batch16_over_single": headline and
@@ -233,6 +275,9 @@ def main(argv: list[str] | None = None) -> dict:
            single_row["start_calldata_bytes"] + single_row["finish_calldata_bytes"]]] +
          [[f"batch of {r['batch']}", r["start_gas"], r["finish_gas"], r["total_gas"],
            r["start_calldata_bytes"] + r["finish_calldata_bytes"]] for r in rows])
+    show("Batch of 16: gas per inference by kind", ["kind", "startBatch", "finishBatch", "both"],
+         [[kind, split["startBatch"][kind], split["finishBatch"][kind],
+           split["startBatch"][kind] + split["finishBatch"][kind]] for kind in split["startBatch"]])
     print(f"wrote {path}")
     return report
 
