@@ -108,7 +108,7 @@ def create_app(settings: NodeSettings) -> FastAPI:
             yield
         finally:
             stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *ctx.background, return_exceptions=True)
             await ctx.http.aclose()
             for poller in pollers.values():
                 poller.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 
 import httpx
 from eth_account.signers.local import LocalAccount
@@ -34,9 +34,18 @@ class NodeContext:
     metrics: NodeMetrics
     domain: Domain
     cache: TtlCache = field(init=False)
+    # work detached from a request (see `spawn`), awaited at shutdown
+    background: set[asyncio.Task] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.cache = TtlCache(self.settings.chain_cache_ttl)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` apart from the request that started it: a client hanging up cancels its
+        request, not this. The node's shutdown waits for it."""
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     @property
     def address(self) -> str:

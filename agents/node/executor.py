@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import httpx
 import numpy as np
@@ -20,7 +18,6 @@ from eth_utils import keccak, to_checksum_address
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
 
 from agents.artifacts.cid import cid_of, digest_from_cid
 from agents.chain.records import Record
@@ -137,28 +134,18 @@ def record(ctx: NodeContext, inference_id: bytes, artifact: bytes, response_hash
                         "0x" + digest_from_cid(cid).hex(), completion_tokens])
 
 
-@dataclass
-class Concluded:
-    """An answer's signed receipt, and the durable writes that make it good."""
-    receipt: ExecutionReceipt
-    record: Callable[[], Awaitable[None]]
-
-
 async def conclude(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
-                   gen: Generation) -> Concluded:
-    """Build the artifact and sign the receipt that names it; the two fsynced writes of `record`
-    (about 8 ms here) are left to the caller to run once the answer has left. A crash in between
-    loses only this executor's fee: without a finish the inference expires and the client is
-    refunded, as for any executor that stops."""
+                   gen: Generation) -> ExecutionReceipt:
+    """Build the artifact and sign the receipt that names it. The two fsynced writes of `record`
+    (about 8 ms here) run detached, so the answer leaves without waiting for them and a client
+    that hangs up cannot cancel them. A crash before they end loses only this executor's fee:
+    without a finish the inference expires and the client is refunded."""
     response_hash = keccak(text=gen.text)
     started = started_record(ctx, order.request, inference_id,
                              (await ctx.model(ctx.model_id)).price)
     artifact = build_artifact(order, seed_from_inference_id(inference_id), gen)
     cid = cid_of(artifact)
     ctx.metrics.completion_tokens.inc(len(gen.token_ids))
-    receipt = ExecutionReceipt(inference_id="0x" + inference_id.hex(), executor=ctx.address,
-                               response_hash="0x" + response_hash.hex(), artifact_cid=cid,
-                               completion_tokens=len(gen.token_ids)).sign(ctx.account.key)
 
     async def write() -> None:
         try:
@@ -171,7 +158,10 @@ async def conclude(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
         log.info("executor: inference 0x%s answered with %d tokens, artifact %s",
                  inference_id.hex(), len(gen.token_ids), cid)
 
-    return Concluded(receipt, write)
+    ctx.spawn(write())
+    return ExecutionReceipt(inference_id="0x" + inference_id.hex(), executor=ctx.address,
+                            response_hash="0x" + response_hash.hex(), artifact_cid=cid,
+                            completion_tokens=len(gen.token_ids)).sign(ctx.account.key)
 
 
 async def execute(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
@@ -191,12 +181,11 @@ async def execute(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
             timer.lap("model")
             payload = r.json()
             gen.add_choice(kind, payload["choices"][0])
-            done = await conclude(ctx, order, inference_id, gen)
+            receipt = await conclude(ctx, order, inference_id, gen)
             timer.lap("receipt")
             payload = strip_logprobs(payload)
-            payload[RECEIPT_FIELD] = done.receipt.model_dump(mode="json")
-            return JSONResponse(payload, headers={TIMING_HEADER: timer.header()},
-                                background=BackgroundTask(done.record))
+            payload[RECEIPT_FIELD] = receipt.model_dump(mode="json")
+            return JSONResponse(payload, headers={TIMING_HEADER: timer.header()})
         upstream = await ctx.http.send(ctx.http.build_request("POST", url, json=body,
                                                               timeout=timeout), stream=True)
     except httpx.HTTPError as exc:
@@ -221,14 +210,13 @@ async def execute(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
         finally:
             await upstream.aclose()
         timer.lap("model")
-        done = await conclude(ctx, order, inference_id, gen)
+        receipt = await conclude(ctx, order, inference_id, gen)
         timer.lap("receipt")
         # shaped like OpenAI's usage chunk (no choices) so SDKs pass it through
         final = {"object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-                 "choices": [], RECEIPT_FIELD: done.receipt.model_dump(mode="json")}
+                 "choices": [], RECEIPT_FIELD: receipt.model_dump(mode="json")}
         yield f"data: {json.dumps(final)}\n\n"
         yield "data: [DONE]\n\n"
-        await done.record()
 
     # the header leaves before the answer, so it holds the checks only; /metrics has the rest
     return StreamingResponse(relay(), media_type="text/event-stream",

@@ -477,6 +477,9 @@ def test_openai_package__chat_and_stream_through_signing_hook(net, mlnode, clien
     receipt = chunks[-1].model_extra["nullius_receipt"]
     assert receipt["response_hash"] == "0x" + keccak(text=text).hex()
     assert _wait_status(net, iid, {FINISHED, VALIDATED}, anvil) in {FINISHED, VALIDATED}
+    # the executor records a streamed answer after its last chunk, whatever the client does next
+    streamed = bytes.fromhex(receipt["inference_id"][2:])
+    assert _wait_status(net, streamed, {FINISHED, VALIDATED}, anvil) in {FINISHED, VALIDATED}
 
 
 def test_cli__infer_then_status__answer_matches_chain(net, mlnode, client_acct, anvil, capsys):
