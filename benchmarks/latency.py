@@ -1,15 +1,16 @@
 """Latency benchmark: what the gateway path adds over calling a model node directly.
 
-    python -m benchmarks.latency                      # about 2 minutes on 2 cores
-    python -m benchmarks.latency --pairs 200 --name latency.big
+    python -m benchmarks.latency                      # about 3 minutes on 2 cores
+    python -m benchmarks.latency --pairs 200 --max-tokens 64 --name latency.big
 
 Brings up an honest devnet (no cheaters) and sends the same requests (same prompt, max_tokens,
 temperature 0 or seeded temperature 1.0) (a) straight to a participant's model node
 `/v1/completions` and (b) through the gateway with the signing client (sign, gateway checks, draw,
 signed order, executor checks, model call with top-k logprobs, artifact, receipt, client check of
 the receipt). The direct call uses the seed the executor derives from the inference id, so both
-paths produce the same tokens. Pairs are interleaved and alternate which path goes first, so that
-machine noise hits both alike. Writes benchmarks/results/<name>.json and <name>.png.
+paths produce the same tokens. Pairs are interleaved, across answer lengths too, and alternate which
+path goes first, so that machine noise hits both alike. The gateway's and the executor's
+Server-Timing phases are kept per request. Writes benchmarks/results/<name>.json and <name>.png.
 """
 
 from __future__ import annotations
@@ -91,20 +92,23 @@ def summarize(samples: list[dict]) -> dict:
     return out
 
 
-def plot(samples: list[dict], summary: dict, path: Path) -> None:
+def plot(by_length: dict[int, list[dict]], summaries: dict[int, dict], path: Path) -> None:
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("direct_s", "direct to model node"), ("gateway_s", "through gateway")):
-        ms = np.sort([1000 * s[key] for s in samples])
-        ax1.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=label)
+    for n, samples in by_length.items():
+        for key, label, style in (("direct_s", "direct", "--"), ("gateway_s", "gateway", "-")):
+            ms = np.sort([1000 * s[key] for s in samples])
+            ax1.plot(ms, np.arange(1, len(ms) + 1) / len(ms), style, label=f"{label}, {n} max tokens")
+        ax2.hist([1000 * (s["gateway_s"] - s["direct_s"]) for s in samples], bins=30, alpha=0.6,
+                 label=f"{n} max tokens: p50 ratio {summaries[n]['ratio_p50']:.3f}")
+    ax1.set_xscale("log")
     ax1.set_xlabel("latency (ms)")
     ax1.set_ylabel("fraction of requests")
-    ax1.set_title(f"latency CDF, {summary['pairs']} pairs")
-    ax1.legend()
-    ax2.hist([1000 * (s["gateway_s"] - s["direct_s"]) for s in samples], bins=30)
+    ax1.set_title("latency CDF")
+    ax1.legend(fontsize=8)
     ax2.set_xlabel("gateway - direct, same request (ms)")
-    ax2.set_title(f"p50 ratio {summary['ratio_p50']:.3f}, paired overhead p50 "
-                  f"{summary['overhead_p50_ms']:.1f} ms")
+    ax2.set_title("paired overhead")
+    ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -113,9 +117,11 @@ def plot(samples: list[dict], summary: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--participants", type=int, default=3)
-    p.add_argument("--pairs", type=int, default=60, help="measured (direct, gateway) pairs")
+    p.add_argument("--pairs", type=int, default=60,
+                   help="measured (direct, gateway) pairs per answer length")
     p.add_argument("--warmup", type=int, default=6, help="unmeasured pairs first")
-    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, nargs="+", default=[64, 256],
+                   help="answer lengths, measured interleaved in one run")
     p.add_argument("--direct-participant", type=int, default=0,
                    help="whose model node the direct requests go to")
     p.add_argument("--name", default="latency", help="results file stem")
@@ -131,39 +137,43 @@ def main(argv: list[str] | None = None) -> dict:
             max_price = client.price(network.MODEL_NAME)
             cases = [(pr, t) for pr in PROMPTS for t in TEMPERATURES]
             direct_url = net.participants[args.direct_participant].mlnode_url
-            samples = []
+            by_length: dict[int, list[dict]] = {n: [] for n in args.max_tokens}
+            rounds = args.warmup + args.pairs
             with httpx.Client(base_url=direct_url, timeout=120) as direct:
-                for i in range(args.warmup + args.pairs):
+                for i in range(rounds):
                     prompt, temperature = cases[i % len(cases)]
-                    s = run_pair(client, direct, prompt, args.max_tokens, temperature, max_price,
-                                 gateway_first=i % 2 == 0)
-                    if i >= args.warmup:
-                        samples.append(s)
+                    for n in args.max_tokens:
+                        s = run_pair(client, direct, prompt, n, temperature, max_price,
+                                     gateway_first=i % 2 == 0)
+                        if i >= args.warmup:
+                            by_length[n].append(s)
         finally:
             net.stop()
 
-    summary = summarize(samples)
+    summaries = {n: summarize(samples) for n, samples in by_length.items()}
     report = {"benchmark": "latency", "machine": machine(),
               "config": {"participants": args.participants, "pairs": args.pairs,
                          "warmup": args.warmup, "max_tokens": args.max_tokens,
                          "temperatures": list(TEMPERATURES), "prompts": PROMPTS,
                          "direct_participant": args.direct_participant,
-                         "model": network.MODEL_NAME},
-              "summary": summary, "samples": samples}
+                         "mlnode_threads": config.mlnode_threads, "model": network.MODEL_NAME},
+              "summary": {str(n): summary for n, summary in summaries.items()},
+              "samples": {str(n): samples for n, samples in by_length.items()}}
     path = write_json(args.name, report)
-    plot(samples, summary, path.with_suffix(".png"))
-    show(f"gateway vs direct, {summary['pairs']} pairs, {args.max_tokens} max tokens, "
-         f"mean {summary['completion_tokens_mean']:.1f} output tokens",
-         ["", "p50 (ms)", "p99 (ms)"],
-         [["direct to model node", summary["direct_p50_ms"], summary["direct_p99_ms"]],
-          ["through gateway", summary["gateway_p50_ms"], summary["gateway_p99_ms"]],
-          ["ratio gateway / direct", summary["ratio_p50"], summary["ratio_p99"]],
-          ["paired overhead (ms)", summary["overhead_p50_ms"], ""]])
-    show("where the gateway path's time goes (Server-Timing, p50)", ["phase", "ms"],
-         [[name, ms] for name, ms in summary["phases_p50_ms"].items()])
-    print(f"same tokens in {summary['same_tokens']}/{summary['pairs']} pairs; wrote {path}")
+    plot(by_length, summaries, path.with_suffix(".png"))
+    for n, summary in summaries.items():
+        show(f"gateway vs direct, {summary['pairs']} pairs, {n} max tokens, "
+             f"mean {summary['completion_tokens_mean']:.1f} output tokens",
+             ["", "p50 (ms)", "p99 (ms)"],
+             [["direct to model node", summary["direct_p50_ms"], summary["direct_p99_ms"]],
+              ["through gateway", summary["gateway_p50_ms"], summary["gateway_p99_ms"]],
+              ["ratio gateway / direct", summary["ratio_p50"], summary["ratio_p99"]],
+              ["paired overhead (ms)", summary["overhead_p50_ms"], ""]])
+        show(f"where the gateway path's time goes at {n} max tokens (Server-Timing, p50)",
+             ["phase", "ms"], [[name, ms] for name, ms in summary["phases_p50_ms"].items()])
+        print(f"same tokens in {summary['same_tokens']}/{summary['pairs']} pairs")
+    print(f"wrote {path}")
     return report
-
 
 if __name__ == "__main__":
     main()
