@@ -40,6 +40,7 @@ KINDS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "report_lazy": ("reportLazy", None, ("record",)),
     "expire": ("expire", "expireBatch", ("record",)),
     "claim": ("claim", None, ("participant", "epoch")),
+    "rollover": ("rollover", None, ("epoch",)),
 }
 STATES = ("pending", "sent", "done", "failed")
 MAX_BATCH = 32  # the Ledger's DynArray bound
@@ -121,10 +122,10 @@ class Outbox:
         """Queue a chain write; False if (kind, key) was queued before (nothing changes then).
 
         `args` is the argument of the single call: a StartArgs / FinishArgs struct (tuple or dict)
-        for "start" / "finish", a Record tuple for "resolve" / "report_lazy" / "expire", and the
-        tuple of the call's parameters for the others: (record, passed, score) for "validate",
-        (inference_id, valid) for "vote", (participant, epoch) for "claim". Bytes may be given as
-        bytes or 0x hex.
+        for "start" / "finish", a Record tuple for "resolve" / "report_lazy" / "expire", the epoch
+        for "rollover", and the tuple of the call's parameters for the others: (record, passed,
+        score) for "validate", (inference_id, valid) for "vote", (participant, epoch) for "claim".
+        Bytes may be given as bytes or 0x hex.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown outbox kind {kind!r}: expected one of {', '.join(KINDS)}")

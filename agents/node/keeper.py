@@ -10,6 +10,10 @@
   that one transaction usually does it.
 - For itself: `claim` every settled epoch in which it has fees or a reward share; a clean claimed
   epoch is also what raises its reputation.
+- For everyone: `rollover` the pool of a settled epoch that nobody was eligible for (an idle
+  devnet's first epochs, say) to the next open epoch, so that no reward waits forever. The model's
+  members take turns two blocks apart, in draw order, and each looks again at its turn, so that
+  one transaction usually does it.
 Each item is keyed on the chain object it concerns, so replays and restarts queue nothing twice.
 """
 
@@ -20,8 +24,10 @@ import time
 from agents.node.chain_view import CLAIMED, INELIGIBLE, STARTED, Account, Epoch
 from agents.node.context import NodeContext, log
 
-LAZY, EXPIRE, RESOLVE, CLAIM = "report_lazy", "expire", "resolve", "claim"
+LAZY, EXPIRE, RESOLVE, CLAIM, ROLLOVER = "report_lazy", "expire", "resolve", "claim", "rollover"
 NEXT_CLAIM = "next_claim_epoch"  # state cursor: the first epoch not yet looked at for a claim
+NEXT_ROLLOVER = "next_rollover_epoch"  # and for a rollover
+ROLLOVER_TURN = 2  # blocks between the members' turns to roll an epoch over
 MAX_EPOCHS_PER_TICK = 16  # a node back after a long pause catches up over a few ticks
 
 
@@ -58,6 +64,7 @@ async def tick(ctx: NodeContext, head: int, window: int) -> None:
     await expire(ctx, int(time.time()) - window - 1)  # the Ledger counts expiry in seconds
     await resolve(ctx, head)
     await claim(ctx, head)
+    await rollover(ctx, head)
 
 
 async def report_lazy(ctx: NodeContext, head: int) -> None:
@@ -108,3 +115,22 @@ async def claim(ctx: NodeContext, head: int) -> None:
                      reward(account, totals))
         epoch += 1
         ctx.state.set_cursor(NEXT_CLAIM, epoch)
+
+
+async def rollover(ctx: NodeContext, head: int) -> None:
+    """Roll over settled epochs in order whose pool nobody was eligible for, at this node's turn."""
+    addresses = [a.lower() for a in (await ctx.members()).addresses]
+    me = ctx.address.lower()
+    turn = ROLLOVER_TURN * (addresses.index(me) if me in addresses else len(addresses))
+    epoch = ctx.state.cursor(NEXT_ROLLOVER)
+    for _ in range(MAX_EPOCHS_PER_TICK):
+        if head < await ctx.read(ctx.chain.claim_block, epoch) + turn:
+            return
+        totals = await ctx.read(ctx.chain.epoch, epoch)
+        if totals.open_disputes:  # a dispute may still make someone eligible, or not
+            return
+        if totals.pool and not totals.eligible_weight:
+            ctx.outbox.enqueue(ROLLOVER, str(epoch), epoch)
+            log.info("keeper: rolling over epoch %d's pool of %d", epoch, totals.pool)
+        epoch += 1
+        ctx.state.set_cursor(NEXT_ROLLOVER, epoch)

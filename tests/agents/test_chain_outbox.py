@@ -102,7 +102,7 @@ def test_enqueue__same_kind_and_key__ignored(market, outbox_at):
     "kind, key, args, message",
     [
         ("mint", "k", 1, "unknown outbox kind 'mint': expected one of start, finish, validate, vote, "
-                         "resolve, report_lazy, expire, claim"),
+                         "resolve, report_lazy, expire, claim, rollover"),
         ("expire", "", "0x00", "outbox key must be a non-empty string"),
         ("validate", "k", ["0x00", True], "validate args must be (record, passed, score)"),
         ("vote", "k", "0x00", "vote args must be (inference_id, valid)"),
@@ -253,17 +253,20 @@ async def test_outbox__expire_batch_after_deadline__expired(market, outbox_at, a
     assert [status_of(market, iid) for iid, _ in starts] == [EXPIRED, EXPIRED]
 
 
-async def test_outbox__validate_vote_and_claim__single_calls_with_reasons(market, outbox_at):
+async def test_outbox__validate_vote_claim_rollover__single_calls_with_reasons(market, outbox_at):
     outbox = outbox_at(market.gateway)
     iid, args = new_start(market)
     outbox.enqueue("start", iid, args)
     outbox.enqueue("validate", iid, [record_of(iid, args), True, 100])
     outbox.enqueue("vote", iid, [iid, True])
     outbox.enqueue("claim", iid, [market.gateway.address, 10**6])
-    assert await outbox.flush() == 4
+    outbox.enqueue("rollover", iid, 10**6)
+    assert await outbox.flush() == 5
     assert outbox.status("start", iid).state == "done"
-    assert [(outbox.status(kind, iid).state, outbox.status(kind, iid).error) for kind in ("validate", "vote", "claim")] == [
-        ("failed", "ledger: not finished"), ("failed", "ledger: no dispute"), ("failed", "ledger: epoch not settled")]
+    kinds = ("validate", "vote", "claim", "rollover")
+    assert [(outbox.status(kind, iid).state, outbox.status(kind, iid).error) for kind in kinds] == [
+        ("failed", "ledger: not finished"), ("failed", "ledger: no dispute"),
+        ("failed", "ledger: epoch not settled"), ("failed", "ledger: epoch not settled")]
 
 
 # --- restarts and outages ---------------------------------------------------------------------

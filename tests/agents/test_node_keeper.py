@@ -16,7 +16,8 @@ from eth_account import Account as EthAccount
 from agents.chain.records import Record
 from agents.node import keeper
 from agents.node.chain_view import (CLAIMED, DISPUTED, FINISHED, FORFEITED, INELIGIBLE, NONE,
-                                    STARTED, VALIDATED, Account, DisputeInfo, Epoch, InferenceState)
+                                    STARTED, VALIDATED, Account, DisputeInfo, Epoch, InferenceState,
+                                    Members)
 from agents.node.metrics import NodeMetrics
 from agents.node.state import NodeState
 
@@ -82,8 +83,12 @@ def _ctx(tmp_path, chain: StandInChain):
     async def read(fn, *args):
         return fn(*args)
 
+    async def members():  # this node second in draw order: its rollover turn is 2 blocks late
+        return Members((OTHER, ME), (1, 1))
+
     return SimpleNamespace(address=ME, state=NodeState(tmp_path / "node.sqlite"), chain=chain,
-                           outbox=RecordingOutbox(), read=read, metrics=NodeMetrics())
+                           outbox=RecordingOutbox(), read=read, members=members,
+                           metrics=NodeMetrics())
 
 
 # ------------------------------------------------------------------------------ lazy validators
@@ -210,3 +215,29 @@ async def test_keeper__open_dispute__holds_the_claim_cursor(tmp_path):
     await keeper.claim(ctx, head=200)
     assert ctx.outbox.items == [("claim", f"{ME.lower()}:0", [ME, 0])]
 
+
+
+# ------------------------------------------------------------------------------ rollovers
+
+async def test_keeper__pool_nobody_was_eligible_for__rolled_over_at_its_turn(tmp_path):
+    chain = StandInChain(epochs={0: Epoch(pool=100, eligible_weight=0, open_disputes=0),   # rolled
+                                 1: Epoch(pool=100, eligible_weight=7, open_disputes=0),   # claimed
+                                 2: Epoch(pool=0, eligible_weight=0, open_disputes=0)})    # empty
+    ctx = _ctx(tmp_path, chain)
+    await keeper.rollover(ctx, head=51)  # epoch 0 settles at block 50; this node's turn is 52
+    assert ctx.outbox.items == []
+    await keeper.rollover(ctx, head=112)  # epochs 0-2 settled, turn included
+    assert ctx.outbox.items == [("rollover", "0", 0)]
+    assert ctx.state.cursor(keeper.NEXT_ROLLOVER) == 3
+    await keeper.rollover(ctx, head=112)
+    assert len(ctx.outbox.items) == 1  # the cursor remembers
+
+
+async def test_keeper__open_dispute__holds_the_rollover_cursor(tmp_path):
+    chain = StandInChain(epochs={0: Epoch(pool=100, eligible_weight=0, open_disputes=1)})
+    ctx = _ctx(tmp_path, chain)
+    await keeper.rollover(ctx, head=200)
+    assert (ctx.outbox.items, ctx.state.cursor(keeper.NEXT_ROLLOVER)) == ([], 0)
+    chain.epochs[0] = Epoch(pool=100, eligible_weight=0, open_disputes=0)
+    await keeper.rollover(ctx, head=200)
+    assert ctx.outbox.items == [("rollover", "0", 0)]
