@@ -1,11 +1,18 @@
 """The request path's cache of chain reads: reuse within the TTL, reload after it or when the
-value is not fresh enough, one load for concurrent callers, and no caching of a failure."""
+value is not fresh enough, one load for concurrent callers, and no caching of a failure; and the
+node's head follower, which keeps the head and the members cached for requests."""
 
 from __future__ import annotations
 
 import asyncio
 
+from eth_account import Account
+
 from agents.node.cache import TtlCache
+from agents.node.chain_view import Head, Members
+from agents.node.config import NodeSettings
+from agents.node.context import NodeContext
+from agents.node.metrics import NodeMetrics
 
 
 class Clock:
@@ -92,3 +99,51 @@ async def test_get__zero_ttl__always_reloads():
     await cache.get("k", load)
     assert await cache.get("k", load) == "b"
     assert len(calls) == 2
+
+
+# ------------------------------------------------------------------ the node's head follower
+
+class StandInChain:
+    """Chain reads stood in for: a head that moves one block per read, fixed members."""
+
+    def __init__(self):
+        self.number = 10
+        self.member_reads: list[int] = []
+
+    def head(self) -> Head:
+        self.number += 1
+        return Head(self.number, self.number.to_bytes(32, "big"))
+
+    def members(self, model_id: bytes, block: int) -> Members:
+        self.member_reads.append(block)
+        return Members(("0x" + "aa" * 20,), (1,))
+
+
+def _context(chain: StandInChain) -> NodeContext:
+    settings = NodeSettings(private_key="0x" + "11" * 32, head_refresh=0.01, chain_cache_ttl=60)
+    return NodeContext(settings=settings, account=Account.from_key(settings.private_key),
+                       chain=chain, state=None, outbox=None, store=None, http=None,
+                       metrics=NodeMetrics(), domain=None)
+
+
+async def test_follow_head__keeps_head_and_members_fresh_for_requests():
+    chain = StandInChain()
+    ctx = _context(chain)
+    stop = asyncio.Event()
+    follower = asyncio.create_task(ctx.follow_head(stop))
+    await asyncio.sleep(0.1)
+    stop.set()
+    await follower
+    head = await ctx.head()  # served from the cache: no read
+    assert head.number == chain.number > 12  # refreshed many times despite a 60 s TTL
+    assert chain.member_reads[-1] == head.number  # members re-read at each new head
+    assert (await ctx.members()).addresses == ("0x" + "aa" * 20,)
+    assert chain.number == head.number  # neither call above read the chain
+
+
+async def test_head__older_than_needed__read_again():
+    chain = StandInChain()
+    ctx = _context(chain)
+    assert (await ctx.head()).number == 11
+    assert (await ctx.head()).number == 11  # cached
+    assert (await ctx.head(at_least=12)).number == 12  # the gateway's seed block is newer
