@@ -5,6 +5,8 @@ accuses an honest executor, and what a validation costs.
     nohup python -m benchmarks.detection --honest 2000 --cases 96 > detection.log &
     nohup python -m benchmarks.detection --only honest --honest 2000 > honest.log &   # ~30 min
     nohup python -m benchmarks.detection --only attacks --cases 256 > attacks.log &    # ~30 min
+    nohup python -m benchmarks.detection --only attacks --cases 1000 --attacks wrong_seed no_seed \
+        --out detection_seed_temperature.json > seed.log &                              # some attacks
 
 Stages: (1) honest executors under engine variations (1 or 2 threads, batch 1 or 8 with left
 padding, a separately loaded validator engine, greedy / T=0.7 / T=1.0, no mask / top-p / top-k /
@@ -43,7 +45,7 @@ from agents.protocol.eip712 import Domain, inference_id
 from agents.protocol.requests import InferenceRequest
 from agents.verification.artifact import Artifact, bytes_per_token
 from agents.verification.calibration import DEFAULT, SAFETY, VALIDATOR_TOP_K, Thresholds, calibrate
-from agents.verification.noise import seed_from_inference_id
+from agents.verification.noise import gumbel_numpy, seed_from_inference_id
 from agents.verification.validator import PrefillScores, Verdict, distribution_diffs, precheck, validate
 from benchmarks import attacks
 from benchmarks.attacks import SYSTEM_PREFIX, Case, Engines, Published
@@ -220,23 +222,54 @@ def _miss(pub: Published, honest: Published, verdict: Verdict) -> dict:
                 lp_mean=verdict.metrics.lp_mean)
 
 
-def run_attacks(engines: Engines, validator: Engine, rng: random.Random, count: int, thresholds, log) -> dict:
-    """Each attack on `count` fresh cases, beside the honest executor on the same cases: an attack
-    that published exactly the honest artifact (`attacks.same_as_honest`) was harmless, so the
-    rate among the effective ones is reported too."""
+# top-K values at which `run_attacks` counts the effective cases no position could be proven in
+PROOF_TOP_KS = (20, 64, 128, 256, 512, 1024, 4096)
+PROOF_ATTACKS = ("wrong_seed", "no_seed", "temperature_lower", "temperature_higher")
+
+
+def proving_rank(validator: Engine, case: Case, pub: Published, thresholds: Thresholds) -> int | None:
+    """For unmasked sampling: the smallest validator top-K with which some position of this
+    answer is a proven sampling fault, i.e. over the positions, the best vocabulary rank of a
+    token whose perturbed score beats the executor's by more than tie_eps; None if even the
+    whole vocabulary proves nothing. Explains a miss: the rival ranked below VALIDATOR_TOP_K."""
+    params = case.request.sampling
+    if params.greedy or params.top_p < 1.0 or params.top_k:
+        return None
+    ids = list(pub.artifact.output_ids)
+    full = validator.prefill(list(case.prompt_ids) + ids, validator.vocab_size, start=len(case.prompt_ids))
+    best = None
+    for t, x in enumerate(ids):
+        order = full.topk_ids[t]
+        s = full.topk_logprobs[t].astype(np.float64) + params.temperature * gumbel_numpy(case.seed, t, len(order))[order]
+        beats = np.nonzero(s > s[order == x][0] + thresholds.tie_eps)[0]
+        if beats.size and (best is None or beats[0] + 1 < best):
+            best = int(beats[0]) + 1
+    return best
+
+
+def run_attacks(engines: Engines, validator: Engine, rng: random.Random, count: int, thresholds, log,
+                names=None) -> dict:
+    """Each attack (all, or those `names`) on `count` fresh cases, beside the honest executor on
+    the same cases: an attack that published exactly the honest artifact
+    (`attacks.same_as_honest`) was harmless, so the rate among the effective ones is reported too."""
     results = {}
-    for name, attack in attacks.ATTACKS.items():
+    for name in names or attacks.ATTACKS:
+        attack = attacks.ATTACKS[name]
         torch.set_num_threads(1)
         cases = make_cases(engines.ref, rng, count, ATTACK_TOKENS, ATTACK_TEMPERATURE,
                            **attacks.SIGNED.get(name, {}))
-        verdicts, effective, missed = [], [], []
+        verdicts, effective, missed, ranks = [], [], [], []
         for i in range(0, count, 8):
             chunk = cases[i : i + 8]
             for case, pub, honest in zip(chunk, attack(engines, chunk), attacks.honest_batch(engines, chunk)):
                 verdicts.append(judge(validator, case, pub, thresholds))
                 effective.append(not attacks.same_as_honest(pub, honest))
+                proof = {}
+                if effective[-1] and name in PROOF_ATTACKS:
+                    ranks.append(proving_rank(validator, case, pub, thresholds))
+                    proof = dict(proving_rank=ranks[-1])
                 if effective[-1] and verdicts[-1].passed:
-                    missed.append(_miss(pub, honest, verdicts[-1]))
+                    missed.append(_miss(pub, honest, verdicts[-1]) | proof)
         caught = [not v.passed for v in verdicts]
         n_effective = sum(effective)
         kinds = Counter(f.kind for v in verdicts for f in v.faults)
@@ -249,6 +282,8 @@ def run_attacks(engines: Engines, validator: Engine, rng: random.Random, count: 
             mean_output_tokens=float(np.mean([v.metrics.n for v in verdicts])),
             fault_kinds=dict(kinds.most_common()),
             missed_effective=missed,
+            # effective cases with no provable position at each top-K (PROOF_ATTACKS only)
+            unprovable_at_top_k={k: sum(r is None or r > k for r in ranks) for k in PROOF_TOP_KS} if ranks else None,
             scores=[v.score for v in verdicts], lp_means=[v.metrics.lp_mean for v in verdicts],
         )
         log(f"attack {name}: detected {sum(caught)}/{count}, effective {results[name]['effective_detected']}/{n_effective}")
@@ -293,11 +328,12 @@ def run_auc(engines: Engines, validator: Engine, rng: random.Random, count: int,
 def run_cost(engines: Engines, validator: Engine, rng: random.Random, repeats: int) -> dict:
     """Validator compute over executor compute for the same inference on the same engine, one
     thread each, single requests, medians: the prefill over the output positions (what the
-    validator runs), the prefill over every position (what it ran before), and the judging."""
+    validator runs), the same with the top-20 it asked for before, the prefill over every
+    position (what it ran before that), and the judging."""
     torch.set_num_threads(1)
     out = {}
     for length in (64, 256):
-        gen_s, pre_s, all_s, judge_s = [], [], [], []
+        gen_s, pre_s, top20_s, all_s, judge_s = [], [], [], [], []
         for case in make_cases(engines.ref, rng, repeats, length, ATTACK_TEMPERATURE):
             start = time.perf_counter()
             g = engines.ref.generate(case.prompt_ids, case.request.sampling, case.seed, length, attacks.K)
@@ -306,6 +342,9 @@ def run_cost(engines: Engines, validator: Engine, rng: random.Random, repeats: i
             scores, elapsed = scores_for(validator, case, g.output_ids)
             pre_s.append(elapsed * scale)
             start = time.perf_counter()
+            validator.prefill(list(case.prompt_ids) + g.output_ids, 20, start=len(case.prompt_ids))
+            top20_s.append((time.perf_counter() - start) * scale)
+            start = time.perf_counter()
             validator.prefill(list(case.prompt_ids) + g.output_ids, VALIDATOR_TOP_K)
             all_s.append((time.perf_counter() - start) * scale)
             pub = Published(case.request, Artifact.build(case.request, case.seed, g.output_ids, g.topk_ids, g.topk_logprobs))
@@ -313,7 +352,9 @@ def run_cost(engines: Engines, validator: Engine, rng: random.Random, repeats: i
             judge(validator, case, pub, DEFAULT, scores)
             judge_s.append((time.perf_counter() - start) * scale)
         gen, pre, judged = (float(np.median(x)) for x in (gen_s, pre_s, judge_s))
-        out[length] = dict(generate_s=gen, prefill_s=pre, prefill_all_positions_s=float(np.median(all_s)),
+        top20 = float(np.median(top20_s))
+        out[length] = dict(generate_s=gen, prefill_s=pre, top_k=VALIDATOR_TOP_K, prefill_top20_s=top20,
+                           ratio_top20=top20 / gen, prefill_all_positions_s=float(np.median(all_s)),
                            judge_s=judged, ratio=pre / gen, ratio_with_judging=(pre + judged) / gen,
                            ratio_all_positions=float(np.median(all_s)) / gen, repeats=repeats,
                            temperature=ATTACK_TEMPERATURE)
@@ -390,20 +431,25 @@ def plot_rates(results: dict, path: Path) -> None:
 
 
 def main_attacks(engines: Engines, validator: Engine, rng: random.Random, args, header: dict, started: float, log) -> None:
-    """Stages 3 and 4 with the shipped thresholds: attacks, quantization AUC, validation cost."""
-    results = run_attacks(engines, validator, rng, args.cases, DEFAULT, log)
-    auc = run_auc(engines, validator, rng, args.auc, log)
-    cost = run_cost(engines, validator, rng, args.cost_repeats)
-    log(f"cost {cost}")
-    plot_rates(results, RESULTS / "detection_attacks.png")
-    plot_auc(auc, RESULTS / "detection_attacks_auc.png")
+    """Stages 3 and 4 with the shipped thresholds: attacks, quantization AUC, validation cost.
+    With `--attacks`, the named attacks alone, into `--out` (default detection_attacks_some.json)."""
+    results = run_attacks(engines, validator, rng, args.cases, DEFAULT, log, args.attacks)
+    stem = Path(args.out or ("detection_attacks_some.json" if args.attacks else "detection_attacks.json")).stem
+    plot_rates(results, RESULTS / f"{stem}.png")
+    extra = {}
+    if not args.attacks:
+        auc = run_auc(engines, validator, rng, args.auc, log)
+        extra = dict(quantization_auc=auc, validation_cost=run_cost(engines, validator, rng, args.cost_repeats))
+        log(f"cost {extra['validation_cost']}")
+        plot_auc(auc, RESULTS / f"{stem}_auc.png")
     report = dict(
         header, seconds=round(time.time() - started, 1), machine=dict(cpus=os.cpu_count(), torch=torch.__version__),
-        thresholds=asdict(DEFAULT), attack_setting=dict(tokens=ATTACK_TOKENS, temperature=ATTACK_TEMPERATURE),
+        thresholds=asdict(DEFAULT), validator_top_k=VALIDATOR_TOP_K, cases=args.cases,
+        attack_setting=dict(tokens=ATTACK_TOKENS, temperature=ATTACK_TEMPERATURE),
         attacks={k: {f: v for f, v in r.items() if f not in ("scores", "lp_means")} for k, r in results.items()},
-        quantization_auc=auc, validation_cost=cost,
+        **extra,
     )
-    path = RESULTS / "detection_attacks.json"
+    path = RESULTS / f"{stem}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     log(f"wrote {path}")
 
@@ -423,7 +469,10 @@ def main(argv=None) -> None:
     parser.add_argument("--sub", type=Path, default=ROOT / "models/sub-nano")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--only", choices=["honest", "attacks", "cost"], help="run part of the benchmark (see the module doc)")
-    parser.add_argument("--out", help="results file name for --only honest (default detection_honest.json)")
+    parser.add_argument("--out", help="results file name for --only honest or attacks (default "
+                        "detection_honest.json, detection_attacks.json)")
+    parser.add_argument("--attacks", nargs="+", choices=list(attacks.ATTACKS), metavar="ATTACK",
+                        help="with --only attacks: these attacks alone, without the AUC and cost stages")
     args = parser.parse_args(argv)
     if args.quick:
         args.honest, args.cases, args.auc, args.cost_repeats = 16, 8, 4, 1
@@ -440,7 +489,7 @@ def main(argv=None) -> None:
                       int4=attacks.fake_quantize(ref, 4, 64))
     validator = Engine.load(args.ref)  # a second load: the validator's own, restarted engine
     if args.only == "honest":
-        header = dict(mode="honest", started=started, machine=dict(cpus=os.cpu_count(), torch=torch.__version__),
+        header = dict(mode="honest", seed=args.seed, started=started, machine=dict(cpus=os.cpu_count(), torch=torch.__version__),
                       models=models, safety=SAFETY)
         return main_honest(engines, validator, rng, args, header, log)
     if args.only == "cost":  # stage 4's timing alone, for a quiet machine
@@ -451,7 +500,7 @@ def main(argv=None) -> None:
         (RESULTS / "detection_cost.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         return log(f"cost {cost}")
     if args.only == "attacks":
-        return main_attacks(engines, validator, rng, args, dict(mode="attacks", models=models, safety=SAFETY), started, log)
+        return main_attacks(engines, validator, rng, args, dict(mode="attacks", models=models, safety=SAFETY, seed=args.seed), started, log)
 
     honest = list(run_honest(engines, validator, rng, args.honest, log))
     drift = max(r["drift"] for r in honest)

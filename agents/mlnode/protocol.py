@@ -12,8 +12,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.protocol.requests import MAX_MESSAGES, MAX_PROMPT_CHARS, ChatMessage
+from agents.verification.calibration import VALIDATOR_TOP_K
 
-MAX_LOGPROBS = 20  # vLLM's default max_logprobs
+# vLLM's --max-logprobs, raised from its default of 20 as a validator's vLLM must be
+MAX_LOGPROBS = VALIDATOR_TOP_K
 MAX_PROMPT_IDS = 4096
 
 

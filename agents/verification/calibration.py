@@ -15,9 +15,12 @@ from dataclasses import dataclass
 
 from agents.verification.artifact import LP_QUANT_ERROR
 
-# How many logprobs the validator asks its prefill for per position (vLLM's prompt_logprobs
-# default limit is 20), and how many the executor puts in the artifact.
-VALIDATOR_TOP_K = 20
+# How many logprobs the validator asks its prefill for per position, and how many the executor
+# puts in the artifact. A wrong token is proven only against a known rival: with 20, 24 of 944
+# effective T 0.7 -> 0.5 attacks had none at any position and passed unresolved; with 256, 2
+# (benchmarks/results/detection_seed_temperature.json). vLLM caps prompt_logprobs at its
+# `--max-logprobs`, 20 by default: a validator's vLLM must be started with 256.
+VALIDATOR_TOP_K = 256
 ARTIFACT_TOP_K = 5
 
 # Thresholds sit this many times above the largest honest drift measured: a false accusation

@@ -229,7 +229,7 @@ def check_sampling(
     half = tie_eps / 2
     n_out = vocab_size - len(ids)
     tail = _tail_weight(lps, lp_k, n_out, temp, half, params.top_k)
-    status = _mask_status(lps, lp_k, n_out > 0, tail, params, half)
+    status, outsider = _mask_status(lps, lp_k, n_out > 0, tail, params, half)
     if status[xi] == _OUT:
         return accuse("masked", f"token {x} is outside the top-k/top-p mask")
     gumbel = _gumbel_of(seed, t, ids)
@@ -243,7 +243,7 @@ def check_sampling(
     closest = float(np.where(status != _OUT, margins, -math.inf).max())
     if status[xi] != _IN or closest > tie_eps:
         return None, "unresolved"
-    if n_out > 0 and _outsider_status(lps, lp_k, tail, status, params, half) != _OUT:
+    if n_out > 0 and outsider != _OUT:
         g = noise.gumbel_numpy(seed, t, vocab_size)
         g[ids] = -math.inf
         if lp_k + temp * float(g.max()) - (lps[xi] + temp * gumbel[xi]) > tie_eps:
@@ -278,11 +278,13 @@ def _tail_weight(lps: np.ndarray, lp_k: float, n_out: int, temp: float, half: fl
 
 def _mask_status(
     lps: np.ndarray, lp_k: float, has_out: bool, tail: float, params: SamplingParams, half: float
-) -> np.ndarray:
+) -> tuple[np.ndarray, int]:
     """For each known candidate: surely masked (_OUT), surely kept (_IN) or undecided (_MAYBE),
-    for an executor whose logprobs differ from `lps` by at most `half` each."""
+    for an executor whose logprobs differ from `lps` by at most `half` each; and the best status
+    a token outside the known set (logprob <= lp_k) can have."""
     m = len(lps)
     status = np.full(m, _IN)
+    outsider = _MAYBE
     if params.top_k:
         others = ~np.eye(m, dtype=bool)
         surely_above = ((lps[None, :] - lps[:, None] > 2 * half) & others).sum(axis=1)
@@ -292,44 +294,39 @@ def _mask_status(
         status = np.where(
             surely_above >= params.top_k, _OUT, np.where(could_above < params.top_k, _IN, _MAYBE)
         )
+        if (lps - lp_k > 2 * half).sum() >= params.top_k:
+            outsider = _OUT
     if params.top_p < 1.0:
-        for c in range(m):
-            if status[c] != _OUT:
-                status[c] = min(status[c], _top_p_status(lps, lps[c], c, lp_k, has_out, tail, status, params, half))
-    return status
+        # every known candidate and, last, an outsider, all against the top-k statuses
+        top_p = _top_p_status(lps, np.append(lps, lp_k), np.append(np.arange(m), -1), lp_k, has_out,
+                              tail, status, params, half)
+        status = np.minimum(status, top_p[:m])
+        outsider = min(outsider, int(top_p[m]))
+    return status, outsider
 
 
-def _outsider_status(lps, lp_k, tail, status, params: SamplingParams, half: float) -> int:
-    """The best any token outside the known set can do against the masks (its logprob <= lp_k)."""
-    if params.top_k and (lps - lp_k > 2 * half).sum() >= params.top_k:
-        return _OUT
-    if params.top_p < 1.0:
-        return _top_p_status(lps, lp_k, None, lp_k, True, tail, status, params, half)
-    return _MAYBE
-
-
-def _top_p_status(lps, lp_c, c, lp_k, has_out, tail, topk_status, params, half) -> int:
-    """Bounds on the mass ranked before candidate c (None = an outsider), after the top-k mask."""
+def _top_p_status(lps, lp_c, c, lp_k, has_out, tail, topk_status, params, half) -> np.ndarray:
+    """Per candidate r (logprob lp_c[r], index c[r] in lps, -1 for a token outside the known set):
+    bounds on the mass ranked before it in the distribution the top-k mask leaves, as a status.
+    One (candidates x known) matrix: a loop over candidates cost O(K) numpy calls per position."""
     temp = params.temperature
     top = float(lps.max())
     w_lo = np.exp((lps - half - top) / temp)
     w_hi = np.exp((lps + half - top) / temp)
-    idx = np.arange(len(lps))
-    not_c = idx != c
-    could_above = not_c & (lps >= lp_c - 2 * half)
-    surely_above = not_c & (lps > lp_c + 2 * half)
+    not_c = np.arange(len(lps))[None, :] != c[:, None]
+    could_above = not_c & (lps[None, :] >= lp_c[:, None] - 2 * half)
+    surely_above = not_c & (lps[None, :] > lp_c[:, None] + 2 * half)
     kept = topk_status == _IN
     maybe_kept = topk_status != _OUT
-    out_above = has_out and lp_k >= lp_c - 2 * half
-    a_hi = w_hi[could_above & maybe_kept].sum() + (tail if out_above else 0.0)
-    b_lo = w_lo[kept & ~could_above].sum()
-    a_lo = w_lo[surely_above & kept].sum()
-    b_hi = w_hi[~surely_above & maybe_kept].sum() + (tail if has_out else 0.0)
-    mass_hi = a_hi / (a_hi + b_lo) if a_hi + b_lo > 0 else 1.0
-    mass_lo = a_lo / (a_lo + b_hi) if a_lo + b_hi > 0 else 0.0
-    if mass_lo >= params.top_p:
-        return _OUT
-    return _IN if mass_hi < params.top_p else _MAYBE
+    out_above = has_out & (lp_k >= lp_c - 2 * half)
+    a_hi = np.where(could_above & maybe_kept, w_hi, 0.0).sum(axis=1) + np.where(out_above, tail, 0.0)
+    b_lo = np.where(kept & ~could_above, w_lo, 0.0).sum(axis=1)
+    a_lo = np.where(surely_above & kept, w_lo, 0.0).sum(axis=1)
+    b_hi = np.where(~surely_above & maybe_kept, w_hi, 0.0).sum(axis=1) + (tail if has_out else 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mass_hi = np.where(a_hi + b_lo > 0, a_hi / (a_hi + b_lo), 1.0)
+        mass_lo = np.where(a_lo + b_hi > 0, a_lo / (a_lo + b_hi), 0.0)
+    return np.where(mass_lo >= params.top_p, _OUT, np.where(mass_hi < params.top_p, _IN, _MAYBE))
 
 
 def distribution_diffs(artifact: Artifact, prefill: PrefillScores) -> tuple[np.ndarray, float]:

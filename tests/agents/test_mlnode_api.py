@@ -13,13 +13,19 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from fastapi.testclient import TestClient
 
 from agents.mlnode.api import MAX_BODY_BYTES, create_app
 from agents.mlnode.serving import Detokenizer
+from agents.node.model_client import PREFILL_TOP
+from agents.protocol.requests import InferenceRequest
+from agents.verification.artifact import Artifact
+from agents.verification.calibration import ARTIFACT_TOP_K, VALIDATOR_TOP_K
 from agents.verification.sampler import SamplingParams
+from agents.verification.validator import PrefillScores, validate
 
 REPO = Path(__file__).resolve().parents[2]
 REF = REPO / "models" / "ref-tiny"
@@ -161,6 +167,26 @@ def test_completion__prompt_logprobs_follow_vllm(client, engine):
         assert best["rank"] == 1
 
 
+def test_completion__validator_prefill_at_top_k__engine_scores_and_honest_artifact_passes(client, engine):
+    """The node validator's path (`model_client.prefill`): prompt_logprobs at VALIDATOR_TOP_K over
+    prompt + output, parsed by `PrefillScores.from_prompt_logprobs`, judges an honest answer."""
+    req = InferenceRequest(model=NAME, prompt=PROMPT, max_tokens=24, temperature=0.7, max_price=1,
+                           nonce=1, deadline=2_000_000_000, client="0x" + "11" * 20)
+    prompt, seed = engine.tokenizer(PROMPT).input_ids, 77
+    gen = engine.generate(prompt, req.sampling, seed, req.max_tokens, ARTIFACT_TOP_K)
+    artifact = Artifact.build(req, seed, gen.output_ids, gen.topk_ids, gen.topk_logprobs)
+    r = complete(client, prompt=prompt + gen.output_ids, max_tokens=1, temperature=0.0,
+                 prompt_logprobs=PREFILL_TOP)
+    scores = PrefillScores.from_prompt_logprobs(r["choices"][0]["prompt_logprobs"], gen.output_ids, PREFILL_TOP)
+    own = engine.prefill(prompt + gen.output_ids, VALIDATOR_TOP_K, start=len(prompt))
+    assert scores.topk_ids.shape == (len(gen.output_ids), 256)
+    assert np.array_equal(scores.topk_ids, own.topk_ids) and np.array_equal(scores.token_ranks, own.token_ranks)
+    assert np.allclose(scores.topk_logprobs, own.topk_logprobs, rtol=0, atol=1e-6)
+    verdict = validate(artifact, scores, request_hash=req.request_hash, seed=seed,
+                       completion_tokens=artifact.n, eos_id=engine.eos_id, vocab_size=engine.vocab_size)
+    assert verdict.passed and verdict.score == 10_000, verdict.faults
+
+
 def test_completion__echo_prepends_the_prompt_and_its_logprobs(client, engine):
     n = len(engine.tokenizer(PROMPT).input_ids)
     r = complete(client, max_tokens=4, temperature=0, echo=True, logprobs=1)
@@ -237,8 +263,11 @@ def test_chat__top_logprobs_without_logprobs__400(client):
      "temperature: Input should be less than or equal to 2", "temperature", "invalid_value"),
     ({"model": NAME, "prompt": "a", "top_p": 0}, "top_p: Input should be greater than 0",
      "top_p", "invalid_value"),
-    ({"model": NAME, "prompt": "a", "logprobs": 21},
-     "logprobs: Input should be less than or equal to 20", "logprobs", "invalid_value"),
+    ({"model": NAME, "prompt": "a", "logprobs": 257},
+     "logprobs: Input should be less than or equal to 256", "logprobs", "invalid_value"),
+    ({"model": NAME, "prompt": "a", "prompt_logprobs": 257},
+     "prompt_logprobs: Input should be less than or equal to 256", "prompt_logprobs",
+     "invalid_value"),
     ({"model": NAME, "prompt": "a", "seed": 2**64},
      "seed: Input should be less than 18446744073709551616", "seed", "invalid_value"),
     ({"model": NAME, "prompt": "a", "max_tokens": 0},

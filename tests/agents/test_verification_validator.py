@@ -15,11 +15,14 @@ from eth_utils import keccak
 from agents.protocol.requests import InferenceRequest
 from agents.verification import noise
 from agents.verification.artifact import LP_FLOOR, Artifact
-from agents.verification.calibration import ARTIFACT_TOP_K, DEFAULT, VALIDATOR_TOP_K, Thresholds
+from agents.verification.calibration import ARTIFACT_TOP_K, DEFAULT, Thresholds
 from agents.verification.sampler import SamplingParams, sample_numpy
-from agents.verification.validator import PrefillScores, _gumbel_of, check_sampling, distribution_diffs, validate
+from agents.verification.validator import (
+    _IN, _MAYBE, _OUT, PrefillScores, _gumbel_of, _mask_status, check_sampling, distribution_diffs, validate,
+)
 
 V, EOS, BOS = 256, 0, 1
+K = 20  # the validator's top-K, well below V, so that tokens outside the known set exist
 _W = np.random.default_rng(7).normal(0.0, 2.0, (V, V))
 _W[:, EOS] = -4.0
 SEED = 0x1234_5678_9ABC_DEF0
@@ -64,7 +67,7 @@ def prefill(output_ids, jitter=1e-6) -> PrefillScores:
     for t, x in enumerate(output_ids):
         lp = log_probs(prev, t, jitter)
         order = np.argsort(-lp, kind="stable")
-        ids.append(order[:VALIDATOR_TOP_K]), lps.append(lp[order[:VALIDATOR_TOP_K]])
+        ids.append(order[:K]), lps.append(lp[order[:K]])
         tok_lp.append(lp[x]), ranks.append(int((lp > lp[x]).sum()) + 1)
         prev = int(x)
     return PrefillScores(np.array(ids), np.array(lps), np.array(tok_lp), np.array(ranks))
@@ -320,6 +323,25 @@ def test_outsider_could_win__position_unresolved_not_accused():
     assert check_sampling(0, pf, winner, SamplingParams(1.0), SEED, EOS, 20, DEFAULT.tie_eps) == (None, "resolved")
     # and greedy decoding never depends on the unseen tokens
     assert check_sampling(0, pf, 0, SamplingParams(0.0), SEED, EOS, 50_000, DEFAULT.tie_eps) == (None, "resolved")
+
+
+@pytest.mark.parametrize("top_p, expect, outsider", [
+    (0.7, [_IN, _IN, _OUT, _OUT], _OUT),  # mass before: 0, 0.5, 0.8, 0.95
+    (0.85, [_IN, _IN, _IN, _OUT], _OUT),
+    (0.8, [_IN, _IN, _MAYBE, _OUT], _OUT),  # 0.8 itself: inside the uncertainty
+])
+def test_mask_status__top_p_from_the_mass_before_each_candidate(top_p, expect, outsider):
+    lps = np.log([0.5, 0.3, 0.15, 0.04])  # the remaining 0.01 lies outside the known set
+    params = SamplingParams(1.0, top_p=top_p)
+    status, out = _mask_status(lps, lps[-1], True, 0.01 * 1.001 / 0.5, params, 1e-4)
+    assert status.tolist() == expect and out == outsider
+
+
+def test_mask_status__top_k_alone_leaves_an_outsider_undecided_unless_k_known_are_above():
+    lps = np.log([0.5, 0.3, 0.15, 0.04])
+    assert _mask_status(lps, lps[-1], True, 0.0, SamplingParams(1.0, top_k=3), 1e-4)[1] == _OUT
+    status, out = _mask_status(lps, lps[-1], True, 0.0, SamplingParams(1.0, top_k=5), 1e-4)
+    assert status.tolist() == [_IN, _IN, _IN, _MAYBE] and out == _MAYBE
 
 
 def test_prefill_from_vllm_prompt_logprobs__parses_topk_and_actual_token():
