@@ -152,10 +152,12 @@ class Outbox:
             ).fetchone()
         return ItemStatus(kind, key, *row) if row else None
 
-    def counts(self) -> dict[str, int]:
-        """Items per state, every state present, for /metrics."""
+    def counts(self, kind: str | None = None) -> dict[str, int]:
+        """Items (of `kind`, or all) per state, every state present, for /metrics."""
         with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+            rows = self._db.execute(
+                "SELECT state, COUNT(*) FROM outbox WHERE ? IS NULL OR kind = ? GROUP BY state",
+                (kind, kind)).fetchall()
         return {state: 0 for state in STATES} | dict(rows)
 
     # --- the loop -----------------------------------------------------------------------------

@@ -135,5 +135,7 @@ def create_app(model_dir: str | Path, served_name: str | None = None,
 def main(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
          served_name: str | None = None, threads: int | None = None) -> None:
     """Serve `model_dir`; `served_name` overrides the advertised name, never the spec_hash."""
+    # idle connections outlive httpx's 5 s keep-alive expiry, so the caller closes them first
+    # (agents/node/app.py says why)
     uvicorn.run(create_app(model_dir, served_name, threads), host=host, port=port,
-                log_level="warning")
+                log_level="warning", timeout_keep_alive=75)

@@ -30,6 +30,12 @@ from agents.node.state import NodeState
 from agents.protocol.eip712 import Domain
 
 
+# Idle connections are kept longer than httpx's 5 s keep-alive expiry, so that the calling side
+# always closes them first: with equal timeouts, a gateway could send an order on a connection the
+# executor was closing, and see a ReadError.
+KEEP_ALIVE_S = 75
+
+
 def build_context(settings: NodeSettings) -> NodeContext:
     deployments = Deployments.load(settings.deployments_file)
     client = ChainClient(settings.rpc_url, settings.private_key, deployments)
@@ -157,4 +163,5 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 def run(settings: NodeSettings) -> None:
     configure_logging()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                timeout_keep_alive=KEEP_ALIVE_S)

@@ -9,6 +9,7 @@ and the ChainClient checked the chain id when it connected.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from eth_utils import keccak, to_checksum_address
@@ -18,6 +19,8 @@ from agents.chain import records
 from agents.chain.records import Record
 
 ZERO_ADDRESS = "0x" + "00" * 20
+# a status without its Started log is read again this many times, this far apart
+LOG_ATTEMPTS, LOG_RETRY_S = 3, 0.05
 # block hashes kept by number; the draw only ever uses the last 256 blocks
 BLOCKHASH_CACHE = 512
 # Ledger statuses (docs/protocol.md section 2)
@@ -119,11 +122,9 @@ class Members:
 
 @dataclass(frozen=True)
 class AdmissionReads:
-    """What a gateway reads before it accepts a request, as of one batch of calls."""
-    status: int  # of the inference
+    """What a gateway reads before it accepts a request, in one batch of calls."""
+    status: int  # of the inference: NONE unless it was started already (through any gateway)
     escrow: int  # the client's free escrow
-    executor: str  # the draw's pick, or the zero address when nobody serves the model
-    pending_status: list[int]  # of the inferences given as pending, in order
 
 
 @dataclass(frozen=True)
@@ -197,19 +198,13 @@ class ChainView:
             stakes = batch.execute() if addresses else []
         return Members(tuple(addresses), tuple(stakes))
 
-    def admission(self, model_id: bytes, inference_id: bytes, client: str, seed_block: int,
-                  pending: list[bytes]) -> AdmissionReads:
+    def admission(self, inference_id: bytes, client: str) -> AdmissionReads:
         """The gateway's reads in one JSON-RPC batch: one round trip instead of one per call."""
-        seed = draw_seed(inference_id, self.blockhash(seed_block))
-        calls = [self.ledger.functions.stateOf(inference_id),
-                 self.ledger.functions.escrowOf(to_checksum_address(client)),
-                 self.registry.functions.drawExecutor(model_id, seed),
-                 *(self.ledger.functions.stateOf(i) for i in pending)]
         with self.w3.batch_requests() as batch:
-            for call in calls:
-                batch.add(call)
-            state, escrow, executor, *pending_states = batch.execute()
-        return AdmissionReads(state[0], escrow, executor, [p[0] for p in pending_states])
+            batch.add(self.ledger.functions.stateOf(inference_id))
+            batch.add(self.ledger.functions.escrowOf(to_checksum_address(client)))
+            state, escrow = batch.execute()
+        return AdmissionReads(state[0], escrow)
 
     def state(self, inference_id: bytes, block: int | str = "latest") -> InferenceState:
         status, record_hash, voted, passed = self.ledger.functions.stateOf(inference_id).call(
@@ -227,9 +222,15 @@ class ChainView:
                                  b"\0" * 32, b"\0" * 32, 0)
         topic = {"inference_id": inference_id}
         events = self.ledger.events
-        logs = events.Started().get_logs(from_block=self.start_block, to_block=block,
-                                         argument_filters=topic)
-        if not logs:
+        for _ in range(LOG_ATTEMPTS):
+            logs = events.Started().get_logs(from_block=self.start_block, to_block=block,
+                                             argument_filters=topic)
+            if logs:
+                break
+            # anvil, mining while it answers, has served a state read at its newest block
+            # before that block's logs
+            time.sleep(LOG_RETRY_S)
+        else:
             raise LookupError(f"no Started event of 0x{inference_id.hex()} from block {self.start_block}")
         started = logs[0]
         record = records.from_started(started["args"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine, TypeVar
 
@@ -85,13 +87,19 @@ class NodeContext:
         return head.number, await self.read(self.chain.members, self.model_id, head.number)
 
     async def follow_head(self, stop: asyncio.Event) -> None:
-        """Reload the head every `head_refresh` seconds, and the members when it moved, so the
-        request path finds them (and the hash that seeds the draw) cached."""
+        """Reload the head every `head_refresh` seconds, and the members when it moved or half
+        their TTL has passed, so the request path finds them (and the hash that seeds the draw)
+        cached, never expired."""
+        members_at = (-1, -math.inf)  # (head block, monotonic time) of the last members load
         while not stop.is_set():
             try:
                 head = await self.cache.get("head", lambda: self.read(self.chain.head),
                                             lambda _: False)
-                await self.members(head.number)
+                if (head.number != members_at[0]
+                        or time.monotonic() - members_at[1] > self.settings.chain_cache_ttl / 2):
+                    await self.cache.get(("members", self.model_id),
+                                         lambda: self._read_members(head.number), lambda _: False)
+                    members_at = (head.number, time.monotonic())
             except Exception as exc:  # the request path falls back to reading them itself
                 log.warning("head refresh failed: %r", exc)
             try:

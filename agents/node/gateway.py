@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from agents.node.chain_view import NONE, ZERO_ADDRESS
+from agents.node.chain_view import NONE, ZERO_ADDRESS, Head, draw_seed
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
 from agents.node.timing import HEADER as TIMING_HEADER
@@ -136,7 +136,8 @@ def check_signature(request: InferenceRequest, domain: eip712.Domain, signature:
 async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes,
                 timer: PhaseTimer) -> Admission:
     """All checks before anything is recorded. The local ones come first, so a forged or malformed
-    request costs no chain read; the chain reads then go out together."""
+    request costs no chain read; then one batch of chain reads (status, escrow) while the
+    executor is drawn from the cached stakes."""
     s = ctx.settings
     if request.model != s.model:
         raise ApiError(404, f"model '{request.model}' is not served by this gateway",
@@ -151,11 +152,10 @@ async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes,
         raise _nonce_reused(request)
     mid = eip712.model_id(request.model)
     timer.lap("verify")
-    seed_block = (await ctx.head()).number
-    pending = ctx.state.pending_locks(request.client)
-    model, reads = await asyncio.gather(
-        ctx.model(mid), ctx.read(ctx.chain.admission, mid, inference_id, request.client, seed_block,
-                                 [i for i, _, _ in pending]))
+    head = await ctx.head()
+    model, reads, executor = await asyncio.gather(
+        ctx.model(mid), ctx.read(ctx.chain.admission, inference_id, request.client),
+        draw_executor(ctx, inference_id, head))
     timer.lap("chain")
     if not model.active:
         raise ApiError(404, f"model '{request.model}' is not registered on chain",
@@ -165,12 +165,12 @@ async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes,
                        "max_price_too_low", H_MAX_PRICE)
     if reads.status != NONE:
         raise _nonce_reused(request)
-    in_flight = in_flight_locks(ctx, pending, reads.pending_status)
+    in_flight = in_flight_locks(ctx, request.client)
     lock = request.max_tokens * model.price
     if reads.escrow - in_flight < lock:
         raise ApiError(402, f"insufficient escrow: {reads.escrow} deposited, {in_flight} in flight, "
                        f"{lock} needed", "insufficient_escrow")
-    return Admission(inference_id, lock, seed_block, reads.executor)
+    return Admission(inference_id, lock, head.number, executor)
 
 
 def _nonce_reused(request: InferenceRequest) -> ApiError:
@@ -178,14 +178,20 @@ def _nonce_reused(request: InferenceRequest) -> ApiError:
                     "nonce_reused", H_NONCE)
 
 
-def in_flight_locks(ctx: NodeContext, pending: list[tuple[bytes, int, int]],
-                    statuses: list[int]) -> int:
-    """Locks of this client's accepted requests that the chain does not yet show as started;
-    `statuses` are the chain's statuses of `pending` (NodeState.pending_locks), in order."""
+async def draw_executor(ctx: NodeContext, inference_id: bytes, head: Head) -> str:
+    """The draw's pick with `head` as the seed block, from the served model's cached members and
+    stakes (the executor checks it again, and the Ledger at `start`)."""
+    return (await ctx.members()).draw(draw_seed(inference_id, head.hash))
+
+
+def in_flight_locks(ctx: NodeContext, client: str) -> int:
+    """Locks of this client's accepted requests whose start has not landed: the outbox that sends
+    the starts knows which have (done) or never will (failed), without a chain read."""
     total = 0
     now = time.time()
-    for (inference_id, lock, deadline), status in zip(pending, statuses):
-        if status != NONE or deadline < now:  # the chain holds it, or the Ledger will refuse to start it
+    for inference_id, lock, deadline in ctx.state.pending_locks(client):
+        item = ctx.outbox.status("start", "0x" + inference_id.hex())
+        if deadline < now or (item is not None and item.state in ("done", "failed")):
             ctx.state.release_lock(inference_id)
         else:
             total += lock

@@ -22,10 +22,11 @@ from agents.artifacts.fetch import fetch_artifact
 from agents.artifacts.store import ArtifactError
 from agents.node.chain_view import DISPUTED, FINISHED, VALIDATED, ZERO_ADDRESS, InferenceInfo
 from agents.node.context import NodeContext, log
-from agents.node.model_client import PREFILL_TOP, model_spec, prefill, tokenize
+from agents.node.model_client import (PREFILL_TOP, ModelSpec, model_spec, prefill,
+                                      prompt_logprobs, tokenize)
 from agents.verification.artifact import Artifact, ArtifactError as FormatError
 from agents.verification.noise import seed_from_inference_id
-from agents.verification.validator import PrefillScores, precheck, validate
+from agents.verification.validator import PrefillScores, Verdict, precheck, validate
 
 ROLE, JURY = "validate", "vote"
 MAX_LOGGED_FAULTS = 10
@@ -170,12 +171,18 @@ async def check(ctx: NodeContext, inference_id: bytes, info: InferenceInfo) -> O
     prompt_ids = await tokenize(ctx.http, ctx.settings.mlnode_url, request, ctx.settings.model)
     output_ids = [int(t) for t in artifact.output_ids]
     raw = await prefill(ctx.http, ctx.settings.mlnode_url, ctx.settings.model, prompt_ids + output_ids)
-    scores = PrefillScores.from_prompt_logprobs(raw, output_ids, PREFILL_TOP)
-    verdict = validate(artifact, scores, request_hash=info.request_hash,
-                       seed=seed_from_inference_id(inference_id),
-                       completion_tokens=info.completion_tokens, eos_id=spec.eos_token_id,
-                       vocab_size=spec.vocab_size)
+    # parsing and judging are pure CPU: off the event loop, so the node's requests keep flowing
+    verdict = await ctx.read(verdict_of, raw, artifact, output_ids, info, inference_id, spec)
     return Outcome(verdict.passed, int(verdict.score), tuple(map(describe, verdict.faults)))
+
+
+def verdict_of(raw: bytes, artifact: Artifact, output_ids: list[int], info: InferenceInfo,
+               inference_id: bytes, spec: ModelSpec) -> Verdict:
+    scores = PrefillScores.from_prompt_logprobs(prompt_logprobs(raw), output_ids, PREFILL_TOP)
+    return validate(artifact, scores, request_hash=info.request_hash,
+                    seed=seed_from_inference_id(inference_id),
+                    completion_tokens=info.completion_tokens, eos_id=spec.eos_token_id,
+                    vocab_size=spec.vocab_size)
 
 
 async def get_artifact(ctx: NodeContext, cid: str, executor: str) -> bytes:

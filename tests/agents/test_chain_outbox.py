@@ -94,6 +94,8 @@ def test_enqueue__same_kind_and_key__ignored(market, outbox_at):
     assert not outbox.enqueue("resolve", "0xaa", ["0x" + "bb" * 32])
     assert outbox.enqueue("expire", "0xaa", ["0x" + "aa" * 32])  # another kind, another item
     assert outbox.counts() == {"pending": 2, "sent": 0, "done": 0, "failed": 0}
+    assert outbox.counts("expire") == {"pending": 1, "sent": 0, "done": 0, "failed": 0}
+    assert outbox.counts("finish") == {"pending": 0, "sent": 0, "done": 0, "failed": 0}
     assert outbox.status("resolve", "0xaa").state == "pending"
     assert outbox.status("finish", "0xaa") is None
 
