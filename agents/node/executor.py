@@ -25,10 +25,10 @@ from agents.node.chain_view import draw_seed
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
 from agents.node.model_client import TOP_K, Generation, generation_call, strip_logprobs
-from agents.node.timing import HEADER as TIMING_HEADER
 from agents.node.timing import PhaseTimer
 from agents.protocol import eip712
-from agents.protocol.messages import RECEIPT_FIELD, ExecuteOrder, ExecutionReceipt
+from agents.protocol.messages import (H_SERVER_TIMING, RECEIPT_FIELD, ExecuteOrder,
+                                      ExecutionReceipt)
 from agents.protocol.requests import InferenceRequest
 from agents.verification.artifact import Artifact
 from agents.verification.noise import seed_from_inference_id
@@ -185,7 +185,7 @@ async def execute(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
             timer.lap("receipt")
             payload = strip_logprobs(payload)
             payload[RECEIPT_FIELD] = receipt.model_dump(mode="json")
-            return JSONResponse(payload, headers={TIMING_HEADER: timer.header()})
+            return JSONResponse(payload, headers={H_SERVER_TIMING: timer.header()})
         upstream = await ctx.http.send(ctx.http.build_request("POST", url, json=body,
                                                               timeout=timeout), stream=True)
     except httpx.HTTPError as exc:
@@ -220,7 +220,7 @@ async def execute(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
 
     # the header leaves before the answer, so it holds the checks only; /metrics has the rest
     return StreamingResponse(relay(), media_type="text/event-stream",
-                             headers={TIMING_HEADER: timer.header()})
+                             headers={H_SERVER_TIMING: timer.header()})
 
 
 router = APIRouter()

@@ -22,12 +22,11 @@ from pydantic import ValidationError
 from agents.node.chain_view import NONE, ZERO_ADDRESS, Head, draw_seed
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
-from agents.node.timing import HEADER as TIMING_HEADER
 from agents.node.timing import PhaseTimer
 from agents.protocol import eip712
 from agents.protocol.messages import (
-    H_CLIENT, H_DEADLINE, H_EXECUTOR, H_INFERENCE_ID, H_MAX_PRICE, H_NONCE, H_SIGNATURE,
-    ExecuteOrder, RequestMappingError, request_from_openai,
+    H_CLIENT, H_DEADLINE, H_EXECUTOR, H_INFERENCE_ID, H_MAX_PRICE, H_NONCE, H_SERVER_TIMING,
+    H_SIGNATURE, ExecuteOrder, RequestMappingError, request_from_openai,
 )
 from agents.protocol.requests import InferenceRequest
 
@@ -244,9 +243,9 @@ async def forward(ctx: NodeContext, url: str, order: ExecuteOrder, headers: dict
                 raise _executor_error(headers[H_EXECUTOR], r)
             timer.lap("executor")
             # relayed as is: the client checks the executor's receipt, not the gateway
-            timing = timer.header(r.headers.get(TIMING_HEADER))
+            timing = timer.header(r.headers.get(H_SERVER_TIMING))
             return Response(r.content, media_type="application/json",
-                            headers={**headers, TIMING_HEADER: timing})
+                            headers={**headers, H_SERVER_TIMING: timing})
         upstream = await ctx.http.send(ctx.http.build_request("POST", target, json=body,
                                                               timeout=timeout), stream=True)
     except httpx.HTTPError as exc:
@@ -265,9 +264,9 @@ async def forward(ctx: NodeContext, url: str, order: ExecuteOrder, headers: dict
             await upstream.aclose()
 
     timer.lap("executor")  # until the executor's first byte
-    timing = timer.header(upstream.headers.get(TIMING_HEADER))
+    timing = timer.header(upstream.headers.get(H_SERVER_TIMING))
     return StreamingResponse(relay(), media_type="text/event-stream",
-                             headers={**headers, TIMING_HEADER: timing})
+                             headers={**headers, H_SERVER_TIMING: timing})
 
 
 def _executor_error(executor: str, r: httpx.Response) -> ApiError:

@@ -2,7 +2,7 @@
 in the node's `nullius_phase_seconds` histogram.
 
 The gateway relays the executor's phases under an `executor-` prefix, so one client-side header
-splits a request's latency into admission, the executor's checks, the model and the recording.
+splits a request's latency into admission, the executor's checks, the model and the receipt.
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ from __future__ import annotations
 import time
 
 from prometheus_client import Histogram
-
-from agents.protocol.messages import H_SERVER_TIMING as HEADER
-
 
 
 class PhaseTimer:
