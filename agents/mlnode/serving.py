@@ -95,6 +95,9 @@ class OpenAIServing:
         self.metrics = Metrics()
         tok = engine.tokenizer
         self._strings = [tok.decode([i]) for i in range(engine.vocab_size)]
+        # prompt_logprobs' dict keys and vLLM's return_tokens_as_token_ids labels
+        self._keys = [str(i) for i in range(engine.vocab_size)]
+        self._id_labels = [f"token_id:{i}" for i in range(engine.vocab_size)]
         self._special = set(tok.all_special_ids)
 
     # -- plain endpoints --------------------------------------------------------------------
@@ -168,7 +171,7 @@ class OpenAIServing:
         return list(self._tokens(job))
 
     def _label(self, token_id: int, as_ids: bool) -> str:
-        return f"token_id:{token_id}" if as_ids else self._strings[token_id]
+        return (self._id_labels if as_ids else self._strings)[token_id]
 
     def _piece(self, token_id: int) -> str:
         """The token's contribution to the text: special tokens contribute nothing."""
@@ -277,19 +280,23 @@ class OpenAIServing:
 
     def _prompt_logprobs(self, req: CompletionRequest, job: _Job,
                          prefill: Prefill) -> list[dict | None]:
-        """vLLM's prompt_logprobs: None, then per position the top-k and the actual token."""
+        """vLLM's prompt_logprobs: None, then per position the top-k and the actual token.
+
+        A validator asks for the top 256 at every position: tens of thousands of entries, so the
+        arrays become Python lists once, not one numpy scalar at a time, and keys are cached."""
         ids, k, as_ids = job.prompt_ids, req.prompt_logprobs, req.return_tokens_as_token_ids
+        top_ids = prefill.topk_ids[:, :k].tolist()
+        top_lps = prefill.topk_logprobs[:, :k].tolist()
+        actual_lps, actual_ranks = prefill.token_logprobs.tolist(), prefill.token_ranks.tolist()
+        ranks, keys = range(1, k + 1), self._keys
+        labels = self._id_labels if as_ids else self._strings
         out: list[dict | None] = [None]
-        for r in range(len(ids) - 1):
-            entry = {
-                str(int(i)): {"logprob": float(lp), "rank": rank,
-                              "decoded_token": self._label(int(i), as_ids)}
-                for rank, (i, lp) in enumerate(
-                    zip(prefill.topk_ids[r, :k], prefill.topk_logprobs[r, :k]), start=1)
-            }
-            entry.setdefault(str(ids[r + 1]), {
-                "logprob": float(prefill.token_logprobs[r]), "rank": int(prefill.token_ranks[r]),
-                "decoded_token": self._label(ids[r + 1], as_ids)})
+        for r, (row_ids, row_lps) in enumerate(zip(top_ids, top_lps)):
+            entry = {keys[i]: {"logprob": lp, "rank": rank, "decoded_token": labels[i]}
+                     for i, lp, rank in zip(row_ids, row_lps, ranks)}
+            entry.setdefault(keys[ids[r + 1]], {
+                "logprob": actual_lps[r], "rank": actual_ranks[r],
+                "decoded_token": labels[ids[r + 1]]})
             out.append(entry)
         return out
 

@@ -7,11 +7,11 @@ same parser reads a whole response and each streamed chunk.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 
 from agents.protocol.requests import InferenceRequest
 from agents.verification.calibration import ARTIFACT_TOP_K, VALIDATOR_TOP_K
@@ -133,7 +133,7 @@ async def prefill(http: httpx.AsyncClient, base: str, served_model: str, ids: li
 
 def prompt_logprobs(raw: bytes) -> list:
     """The `prompt_logprobs` of a raw completion response."""
-    return json.loads(raw)["choices"][0]["prompt_logprobs"]
+    return orjson.loads(raw)["choices"][0]["prompt_logprobs"]
 
 
 def _check(r: httpx.Response, what: str) -> None:
