@@ -7,7 +7,8 @@
         One inference: a client deposits tokens and signs an EIP-712 `Inference` whose digest is
         the inference id. Anyone (the gateway) calls `start`: the Ledger checks the signature,
         recomputes the stake-weighted executor draw with seed keccak(id ‖ blockhash(seed_block))
-        and locks max_tokens × price. The executor calls `finish`: the cost is credited to its
+        and locks max_tokens × price, plus a validator fee per extra validator the client signed
+        for (`quorum`: it is then always validated, by 1 + quorum validators). The executor calls `finish`: the cost is credited to its
         account for the current epoch, the rest of the lock returns to escrow. A later block's hash
         decides whether and by whom the inference is validated (`validatorsOf`). A passed verdict
         moves a fee share to the validator's account; a failed one opens a dispute that a jury,
@@ -17,7 +18,7 @@
 
         Storage: one slot per inference, the top 240 bits of keccak(abi_encode(Record)) with the
         status and verdict flags in the low 16 bits. Callers pass the Record back (Python rebuilds
-        it from the Started, QuorumRequested and Finished events: agents/chain/records.py).
+        it from the Started and Finished events: agents/chain/records.py).
 
         Roles: none of its own. Executors, validators and jurors are fixed by the draws; the
         Registry's gov wires this contract there.
@@ -55,7 +56,7 @@ MAX_JURY: constant(uint256) = 5
 MAX_DRAWN: constant(uint256) = 5
 
 INFERENCE_TYPEHASH: constant(bytes32) = keccak256(
-    "Inference(address client,bytes32 modelId,bytes32 requestHash,uint256 maxTokens,uint256 maxPrice,uint256 nonce,uint256 deadline)"
+    "Inference(address client,bytes32 modelId,bytes32 requestHash,uint256 maxTokens,uint256 maxPrice,uint256 nonce,uint256 deadline,uint256 quorum)"
 )
 
 # Inference status, bits 0-3 of its slot; 0 is none.
@@ -138,6 +139,7 @@ struct StartArgs:
     signature: Bytes[65]
     seed_block: uint256
     executor: address
+    quorum: uint256
 
 
 # An inference as the caller passes it back; hashed into the inference's slot.
@@ -257,12 +259,7 @@ event Started:
     price: uint256
     max_tokens: uint256
     deadline: uint256
-
-event QuorumRequested:
-    inference_id: indexed(bytes32)
-    extra: uint256
     quorum: uint256
-    locked: uint256
 
 event Finished:
     inference_id: indexed(bytes32)
@@ -478,7 +475,8 @@ def rollover(epoch: uint256):
 @external
 def start(a: StartArgs):
     """
-    @notice Records a client-signed inference and locks max_tokens × price of its escrow.
+    @notice Records a client-signed inference and locks max_tokens × price of its escrow, plus
+            quorum × the validator fee on that.
     @dev Anyone may submit it; the signature, the executor draw and the escrow decide.
     @param a The signed authorization, the seed block and the drawn executor.
     """
@@ -493,31 +491,6 @@ def startBatch(args: DynArray[StartArgs, MAX_BATCH]):
     """
     for a: StartArgs in args:
         self._start(a)
-
-
-@external
-def requestQuorum(record: Record, extra: uint256):
-    """
-    @notice The client buys `extra` more validators for a started inference; it is then always
-            validated, by 1 + quorum distinct validators, each paid the validator fee.
-    @param record The inference's record.
-    @param extra How many validators to add.
-    """
-    r: Record = record
-    flags: uint256 = self._flags(r)
-    assert flags & STATUS_MASK == STARTED, "ledger: not started"
-    assert msg.sender == r.client, "ledger: not client"
-    assert extra > 0, "ledger: zero amount"
-    quorum: uint256 = r.quorum + extra
-    assert quorum <= MAX_QUORUM, "ledger: quorum too large"
-    amount: uint256 = extra * self._fee(r.max_tokens * r.price)
-    assert self.escrowOf[r.client] >= amount, "ledger: insufficient escrow"
-    self.escrowOf[r.client] -= amount
-    self.totalEscrow -= amount
-    self.totalLocked += amount
-    r.quorum = quorum
-    self._slots[r.inference_id] = self._pack(r, flags)
-    log QuorumRequested(inference_id=r.inference_id, extra=extra, quorum=quorum, locked=amount)
 
 
 @external
@@ -775,6 +748,7 @@ def clientStats(client: address) -> ClientStats:
 @internal
 def _start(a: StartArgs):
     assert convert(a.deadline, uint256) >= block.timestamp, "ledger: expired"
+    assert a.quorum <= MAX_QUORUM, "ledger: quorum too large"
     known: bool = False
     price: uint256 = 0
     known, price = staticcall registry.modelPrice(a.model_id)
@@ -791,6 +765,7 @@ def _start(a: StartArgs):
                 a.max_price,
                 a.nonce,
                 a.deadline,
+                a.quorum,
             )
         )
     )
@@ -803,6 +778,8 @@ def _start(a: StartArgs):
     drawn: address = staticcall registry.drawExecutor(a.model_id, seed)
     assert drawn != empty(address) and drawn == a.executor, "ledger: executor mismatch"
     lock: uint256 = convert(a.max_tokens, uint256) * price
+    # the signed quorum's validator fees are locked with the answer's worst-case cost
+    lock += a.quorum * self._fee(lock)
     assert self.escrowOf[a.client] >= lock, "ledger: insufficient escrow"
 
     self.escrowOf[a.client] -= lock
@@ -816,7 +793,7 @@ def _start(a: StartArgs):
         price=price,
         max_tokens=convert(a.max_tokens, uint256),
         deadline=convert(a.deadline, uint256),
-        quorum=0,
+        quorum=a.quorum,
         completion_tokens=0,
         finish_block=0,
         p_bps=0,
@@ -831,6 +808,7 @@ def _start(a: StartArgs):
         price=price,
         max_tokens=r.max_tokens,
         deadline=r.deadline,
+        quorum=a.quorum,
     )
 
 

@@ -1,9 +1,9 @@
 """Inference records, rebuilt from the Ledger's events: the Ledger stores only their hash.
 
-Every Ledger call after `start` takes the record back (finish, requestQuorum, submitValidation,
-resolve, expire, reportLazy, validatorsOf). Its fields come from three events: `Started` (terms),
-`QuorumRequested` (the client's extra validators) and `Finished` (tokens, probability, and the
-finish block, which is the log's block). The Ledger keeps the top 240 bits of
+Every Ledger call after `start` takes the record back (finish, submitValidation, resolve, expire,
+reportLazy, validatorsOf). Its fields come from two events: `Started` (terms, with the quorum the
+client signed for) and `Finished` (tokens, probability, and the finish block, which is the log's
+block). The Ledger keeps the top 240 bits of
 keccak256(abi_encode(record)) and its flags in the low 16 bits; `Record.record_hash` computes the
 same value, so a caller can check a rebuilt record against `stateOf` before sending it.
 """
@@ -53,12 +53,8 @@ def from_started(args) -> Record:
         price=args["price"],
         max_tokens=args["max_tokens"],
         deadline=args["deadline"],
+        quorum=args["quorum"],
     )
-
-
-def with_quorum(record: Record, quorum: int) -> Record:
-    """The record after a `QuorumRequested` event whose `quorum` (the new total) is given."""
-    return replace(record, quorum=quorum)
 
 
 def finished(record: Record, args, block_number: int) -> Record:
@@ -85,9 +81,6 @@ def load_record(ledger, inference_id: bytes, from_block: int = 0) -> Record:
     if not started:
         raise RecordNotFound(f"no Started event for 0x{inference_id.hex()} from block {from_block}")
     record = from_started(started[0]["args"])
-    for log in ledger.events.QuorumRequested().get_logs(from_block=from_block, to_block=block,
-                                                        argument_filters=topic):
-        record = with_quorum(record, log["args"]["quorum"])
     done = ledger.events.Finished().get_logs(from_block=from_block, to_block=block,
                                              argument_filters=topic)
     if done:

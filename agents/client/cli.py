@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     infer.add_argument("--temperature", type=float, default=1.0)
     infer.add_argument("--top-p", type=float, default=1.0)
     infer.add_argument("--top-k", type=int, default=0)
+    infer.add_argument("--quorum", type=int, default=0,
+                       help="extra validators to pay for (0-3): the answer is then always checked")
     status = sub.add_parser("status", help="an inference's record on chain")
     status.add_argument("inference_id")
     status.add_argument("--text", help="also check that this answer is the one committed on chain")
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model, prompt=args.prompt,
                 messages=None if args.message is None else [{"role": "user", "content": args.message}],
                 max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                top_k=args.top_k)
+                top_k=args.top_k, quorum=args.quorum)
             console.print(result.text, markup=False, highlight=False)
             console.print(f"[dim]inference 0x{result.inference_id.hex()} by {result.executor}, "
                           f"artifact {result.receipt.artifact_cid}[/dim]")

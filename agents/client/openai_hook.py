@@ -5,6 +5,8 @@
 
 The hook reads the JSON body the SDK built, maps it to the InferenceRequest the gateway will
 rebuild (agents.protocol.messages.request_from_openai), signs it and adds the X-Nullius-* headers.
+A call buys extra validators with `extra_headers={"X-Nullius-Quorum": "2"}`: the hook signs
+that quorum too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import httpx
 from eth_account import Account
 
 from agents.protocol.eip712 import Domain, sign_request
-from agents.protocol.messages import auth_headers, request_from_openai
+from agents.protocol.messages import H_QUORUM, auth_headers, request_from_openai
 
 DEFAULT_DEADLINE_S = 300
 
@@ -40,10 +42,13 @@ def signer(private_key: str | bytes, domain: Domain, max_price: int,
         if kind is None or request.method != "POST":
             return
         body = json.loads(request.read())
+        quorum = request.headers.get(H_QUORUM, "0")
+        if not quorum.isdigit():
+            raise ValueError(f"{H_QUORUM} must be a small integer, got {quorum!r}")
         # a fresh random nonce per request: no state to keep, collisions are negligible at 2^-128
         inference = request_from_openai(
             kind, body, client=address, nonce=secrets.randbits(128),
-            deadline=int(time.time()) + deadline_s, max_price=max_price)
+            deadline=int(time.time()) + deadline_s, max_price=max_price, quorum=int(quorum))
         request.headers.update(auth_headers(inference, sign_request(inference, domain, private_key)))
 
     return sign

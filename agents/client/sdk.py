@@ -75,15 +75,17 @@ class NulliusClient:
                       messages: list[dict] | None = None, max_tokens: int,
                       temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                       max_price: int | None = None, nonce: int | None = None,
-                      deadline_s: int = 300) -> InferenceRequest:
-        """A request ready to sign; `max_price` defaults to the model's registered price."""
+                      deadline_s: int = 300, quorum: int = 0) -> InferenceRequest:
+        """A request ready to sign; `max_price` defaults to the model's registered price.
+        `quorum` buys that many extra validators: the inference is then always validated, by
+        1 + quorum of them, and each is paid the validator fee on the cost."""
         return InferenceRequest(
             model=model, prompt=prompt,
             messages=None if messages is None else tuple(ChatMessage(**m) for m in messages),
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
             max_price=self.price(model) if max_price is None else max_price,
             nonce=secrets.randbits(128) if nonce is None else nonce,
-            deadline=int(time.time()) + deadline_s, client=self.address)
+            deadline=int(time.time()) + deadline_s, client=self.address, quorum=quorum)
 
     def sign(self, request: InferenceRequest) -> bytes:
         return sign_request(request, self.domain, self.private_key)

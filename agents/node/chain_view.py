@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
@@ -234,9 +235,6 @@ class ChainView:
             raise LookupError(f"no Started event of 0x{inference_id.hex()} from block {self.start_block}")
         started = logs[0]
         record = records.from_started(started["args"])
-        for log in events.QuorumRequested().get_logs(from_block=started["blockNumber"], to_block=block,
-                                                     argument_filters=topic):
-            record = records.with_quorum(record, log["args"]["quorum"])
         done = events.Finished().get_logs(from_block=started["blockNumber"], to_block=block,
                                           argument_filters=topic)
         answer = done[0]["args"] if done else {}
@@ -283,6 +281,11 @@ class ChainView:
 
     def claim_block(self, epoch: int) -> int:
         return self.ledger.functions.claimBlock(epoch).call()
+
+    @cached_property
+    def validator_fee_bps(self) -> int:
+        """Immutable: read once."""
+        return self.ledger.functions.validator_fee_bps().call()
 
     def validation_window(self) -> int:
         return self.ledger.functions.validation_window().call()

@@ -121,7 +121,7 @@ def started_record(ctx: NodeContext, request: InferenceRequest, inference_id: by
     makes the finish revert with "ledger: record mismatch")."""
     return Record(inference_id=inference_id, client=to_checksum_address(request.client),
                   executor=ctx.address, model_id=ctx.model_id, price=price,
-                  max_tokens=request.max_tokens, deadline=request.deadline)
+                  max_tokens=request.max_tokens, deadline=request.deadline, quorum=request.quorum)
 
 
 def record(ctx: NodeContext, inference_id: bytes, artifact: bytes, response_hash: bytes,

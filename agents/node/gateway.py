@@ -25,8 +25,8 @@ from agents.node.errors import ApiError, from_validation
 from agents.node.timing import PhaseTimer
 from agents.protocol import eip712
 from agents.protocol.messages import (
-    H_CLIENT, H_DEADLINE, H_EXECUTOR, H_INFERENCE_ID, H_MAX_PRICE, H_NONCE, H_SERVER_TIMING,
-    H_SIGNATURE, ExecuteOrder, RequestMappingError, request_from_openai,
+    H_CLIENT, H_DEADLINE, H_EXECUTOR, H_INFERENCE_ID, H_MAX_PRICE, H_NONCE, H_QUORUM,
+    H_SERVER_TIMING, H_SIGNATURE, ExecuteOrder, RequestMappingError, request_from_openai,
 )
 from agents.protocol.requests import InferenceRequest
 
@@ -40,6 +40,7 @@ class Auth:
     nonce: int
     deadline: int
     max_price: int
+    quorum: int
     signature: bytes
 
 
@@ -51,9 +52,11 @@ class Admission:
     executor: str  # the drawn one, or the zero address when nobody serves the model
 
 
-def _int_header(headers, name: str) -> int:
+def _int_header(headers, name: str, default: int | None = None) -> int:
     raw = headers.get(name)
     if raw is None:
+        if default is not None:
+            return default
         raise ApiError(400, f"missing header {name}", "missing_header", name)
     try:
         value = int(raw, 0)
@@ -81,7 +84,7 @@ def auth_from_headers(headers) -> Auth:
         raise ApiError(400, f"header {H_SIGNATURE} must be 65 bytes of 0x hex", "invalid_signature",
                        H_SIGNATURE)
     return Auth(client, _int_header(headers, H_NONCE), _int_header(headers, H_DEADLINE),
-                _int_header(headers, H_MAX_PRICE), signature)
+                _int_header(headers, H_MAX_PRICE), _int_header(headers, H_QUORUM, 0), signature)
 
 
 def build_request(kind: str, raw: bytes, auth: Auth) -> tuple[InferenceRequest, bool]:
@@ -95,7 +98,8 @@ def build_request(kind: str, raw: bytes, auth: Auth) -> tuple[InferenceRequest, 
         raise ApiError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
     try:
         request = request_from_openai(kind, body, client=auth.client, nonce=auth.nonce,
-                                      deadline=auth.deadline, max_price=auth.max_price)
+                                      deadline=auth.deadline, max_price=auth.max_price,
+                                      quorum=auth.quorum)
     except RequestMappingError as exc:
         raise ApiError(400, str(exc), "invalid_parameter", exc.param) from None
     except ValidationError as exc:
@@ -165,11 +169,17 @@ async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes,
     if reads.status != NONE:
         raise _nonce_reused(request)
     in_flight = in_flight_locks(ctx, request.client)
-    lock = request.max_tokens * model.price
+    lock = lock_of(request, model.price, ctx.chain.validator_fee_bps)
     if reads.escrow - in_flight < lock:
         raise ApiError(402, f"insufficient escrow: {reads.escrow} deposited, {in_flight} in flight, "
                        f"{lock} needed", "insufficient_escrow")
     return Admission(inference_id, lock, head.number, executor)
+
+
+def lock_of(request: InferenceRequest, price: int, validator_fee_bps: int) -> int:
+    """What `start` locks: the worst-case cost, plus a validator fee on it per extra validator."""
+    lock = request.max_tokens * price
+    return lock + request.quorum * (lock * validator_fee_bps // 10_000)
 
 
 def _nonce_reused(request: InferenceRequest) -> ApiError:
@@ -228,7 +238,7 @@ def start_args(request: InferenceRequest, signature: bytes, seed_block: int, exe
     """Ledger StartArgs, in field order (docs/protocol.md section 2)."""
     return [to_checksum_address(request.client), "0x" + eip712.model_id(request.model).hex(),
             "0x" + request.request_hash.hex(), request.max_tokens, request.max_price, request.nonce,
-            request.deadline, "0x" + signature.hex(), seed_block, executor]
+            request.deadline, "0x" + signature.hex(), seed_block, executor, request.quorum]
 
 
 async def forward(ctx: NodeContext, url: str, order: ExecuteOrder, headers: dict,

@@ -26,6 +26,7 @@ INFERENCE_TYPES = {
         {"name": "maxPrice", "type": "uint256"},
         {"name": "nonce", "type": "uint256"},
         {"name": "deadline", "type": "uint256"},
+        {"name": "quorum", "type": "uint256"},
     ]
 }
 
@@ -58,6 +59,7 @@ def inference_message(request: InferenceRequest) -> dict:
         "maxPrice": request.max_price,
         "nonce": request.nonce,
         "deadline": request.deadline,
+        "quorum": request.quorum,
     }
 
 

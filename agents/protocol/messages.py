@@ -26,6 +26,7 @@ H_CLIENT = "X-Nullius-Client"
 H_NONCE = "X-Nullius-Nonce"
 H_DEADLINE = "X-Nullius-Deadline"
 H_MAX_PRICE = "X-Nullius-Max-Price"
+H_QUORUM = "X-Nullius-Quorum"  # optional: absent means 0
 H_SIGNATURE = "X-Nullius-Signature"
 H_INFERENCE_ID = "X-Nullius-Inference-Id"
 H_EXECUTOR = "X-Nullius-Executor"
@@ -63,7 +64,8 @@ class RequestMappingError(ValueError):
 
 
 def request_from_openai(
-    kind: str, body: dict[str, Any], *, client: str, nonce: int, deadline: int, max_price: int
+    kind: str, body: dict[str, Any], *, client: str, nonce: int, deadline: int, max_price: int,
+    quorum: int = 0,
 ) -> InferenceRequest:
     """The InferenceRequest an OpenAI body stands for; `kind` is "completion" or "chat".
 
@@ -95,7 +97,7 @@ def request_from_openai(
         raise RequestMappingError(f"'{wanted}' is required", wanted)
     fields = {k: v for k, v in data.items() if k in _SIGNED_FIELDS and v is not None}
     return InferenceRequest(
-        **fields, client=client, nonce=nonce, deadline=deadline, max_price=max_price
+        **fields, client=client, nonce=nonce, deadline=deadline, max_price=max_price, quorum=quorum
     )
 
 
@@ -108,7 +110,7 @@ def auth_headers(request: InferenceRequest, signature: bytes) -> dict[str, str]:
     """The X-Nullius-* headers that carry the client's authorization of `request`."""
     return {H_CLIENT: request.client, H_NONCE: str(request.nonce),
             H_DEADLINE: str(request.deadline), H_MAX_PRICE: str(request.max_price),
-            H_SIGNATURE: "0x" + signature.hex()}
+            H_QUORUM: str(request.quorum), H_SIGNATURE: "0x" + signature.hex()}
 
 
 class Signed(BaseModel):

@@ -11,6 +11,8 @@ from agents.verification.sampler import SamplingParams
 
 MAX_PROMPT_CHARS = 16_384
 MAX_MESSAGES = 64
+# Extra validators a client may sign for: the Ledger's MAX_QUORUM.
+MAX_QUORUM = 3
 
 
 class ChatMessage(BaseModel):
@@ -40,6 +42,8 @@ class InferenceRequest(BaseModel):
     max_price: int = Field(ge=0, lt=2**256)
     nonce: int = Field(ge=0, lt=2**256)
     deadline: int = Field(ge=0, lt=2**64, description="unix seconds after which no one may start it")
+    # extra validators the client pays for: the inference is then always validated, by 1 + quorum
+    quorum: int = Field(default=0, ge=0, le=MAX_QUORUM)
     client: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request, Response
 from agents.chain.client import ChainClient, ChainUnavailable
 from agents.chain.outbox import ItemStatus, Outbox
 from agents.chain.records import Record
+from agents.node.gateway import start_args
 from agents.protocol.eip712 import Domain, inference_id, sign_request
 from agents.protocol.requests import InferenceRequest
 
@@ -52,15 +53,13 @@ def new_start(m: Market, *, forge: bool = False, lifetime: int = 3600) -> tuple[
     signature = sign_request(request, m.domain, (m.gateway if forge else m.client).account.key)
     seed = keccak(iid + latest["hash"])
     executor = m.gateway.registry.functions.drawExecutor(keccak(text=m.name), seed).call()
-    args = [m.client.address, keccak(text=m.name), request.request_hash, 16, 10, request.nonce,
-            request.deadline, signature, latest["number"], executor]
-    return "0x" + iid.hex(), args
+    return "0x" + iid.hex(), start_args(request, signature, latest["number"], executor)
 
 
 def record_of(iid: str, start: list) -> tuple:
     """The record `start` stores for these StartArgs (the market's price is 10 per token)."""
-    client, model, _request_hash, max_tokens, _max_price, _nonce, deadline, _sig, _seed, executor = start
-    return Record(bytes.fromhex(iid[2:]), client, executor, model, 10, max_tokens, deadline).as_tuple()
+    client, model, _request_hash, max_tokens, _max_price, _nonce, deadline, _sig, _seed, executor, quorum = start
+    return Record(bytes.fromhex(iid[2:]), client, executor, model, 10, max_tokens, deadline, quorum).as_tuple()
 
 
 def finish_args(iid: str, start: list, tokens: int = 5) -> list:

@@ -178,10 +178,11 @@ def _body(kind: str = "completion", **kw) -> dict:
 
 def _headers(net: Net, acct: LocalAccount, body: dict, kind: str = "completion", *,
              nonce: int | None = None, deadline: int | None = None, max_price: int = PRICE,
-             signer: LocalAccount | None = None) -> dict:
+             signer: LocalAccount | None = None, quorum: int = 0) -> dict:
     request = request_from_openai(
         kind, body, client=acct.address, nonce=time.time_ns() if nonce is None else nonce,
-        deadline=int(time.time()) + 300 if deadline is None else deadline, max_price=max_price)
+        deadline=int(time.time()) + 300 if deadline is None else deadline, max_price=max_price,
+        quorum=quorum)
     return auth_headers(request, sign_request(request, net.domain, (signer or acct).key))
 
 
@@ -310,6 +311,42 @@ def test_gateway__too_little_escrow__402_nothing_changes(net):
     assert _error(r) == (402, "insufficient_escrow",
                          f"insufficient escrow: {8 * PRICE - 1} deposited, 0 in flight, {8 * PRICE} needed")
     assert _snapshot(net, poor) == before
+
+
+def test_gateway__quorum_fees_beyond_escrow__402_nothing_changes(net):
+    """Escrow for the answer alone is not enough when the client signed for an extra validator."""
+    poor = net.funded(deposit=8 * PRICE)
+    body = _body(max_tokens=8)
+    before = _snapshot(net, poor)
+    r = _post(net.gateway.url, body, _headers(net, poor, body, quorum=1))
+    fee = 8 * PRICE * ChainView(net.gov).validator_fee_bps // 10_000
+    assert _error(r) == (402, "insufficient_escrow",
+                         f"insufficient escrow: {8 * PRICE} deposited, 0 in flight, {8 * PRICE + fee} needed")
+    assert _snapshot(net, poor) == before
+
+
+def test_gateway__quorum_not_signed__401_nothing_changes(net, client_acct):
+    body = _body()
+    headers = _headers(net, client_acct, body) | {"X-Nullius-Quorum": "1"}
+    before = _snapshot(net, client_acct)
+    status, code, message = _error(_post(net.gateway.url, body, headers))
+    assert (status, code) == (401, "signature_mismatch")
+    assert message.endswith(f", not by client {client_acct.address}")
+    assert _snapshot(net, client_acct) == before
+
+
+@pytest.mark.parametrize("value, message", [
+    ("4", "quorum: Input should be less than or equal to 3"),
+    ("-1", "header X-Nullius-Quorum is out of range"),
+    ("two", "header X-Nullius-Quorum must be an integer, got 'two'"),
+])
+def test_gateway__bad_quorum__400_names_it(net, client_acct, value, message):
+    body = _body()
+    headers = _headers(net, client_acct, body) | {"X-Nullius-Quorum": value}
+    before = _snapshot(net, client_acct)
+    status, _code, got = _error(_post(net.gateway.url, body, headers))
+    assert (status, got) == (400, message)
+    assert _snapshot(net, client_acct) == before
 
 
 def test_gateway__missing_header__400_names_it(net, client_acct):
@@ -495,6 +532,27 @@ def test_gateway__replayed_request__409_nothing_changes(net, mlnode, client_acct
                          f"nonce {headers['X-Nullius-Nonce']} of client {client_acct.address} "
                          "was already used")
     assert _snapshot(net, client_acct) == before
+
+
+def test_sdk__infer_with_quorum__signed_quorum_on_chain_and_paid(net, mlnode, client_acct, anvil):
+    client = NulliusClient(net.gateway.url, net.rpc_url, client_acct.key, net.deployments)
+    escrow = client.escrow()
+    result = client.infer(model=MODEL, prompt="def f(x):\n", max_tokens=8, temperature=0.7, quorum=1)
+    assert _wait_status(net, result.inference_id, {FINISHED, VALIDATED}, anvil) in {FINISHED, VALIDATED}
+    info = client.status(result.inference_id)
+    assert info.record.quorum == 1
+    fee = info.cost * ChainView(net.gov).validator_fee_bps // 10_000
+    assert client.escrow() == escrow - info.cost - fee
+
+
+def test_openai_package__quorum_header__signed_by_the_hook(net, mlnode, client_acct, anvil):
+    http = signing_http_client(client_acct.key, net.domain, PRICE)
+    oa = openai.OpenAI(base_url=net.gateway.url + "/v1", api_key="unused", http_client=http)
+    raw = oa.completions.with_raw_response.create(
+        model=MODEL, prompt="import os\n", max_tokens=4, extra_headers={"X-Nullius-Quorum": "2"})
+    iid = bytes.fromhex(raw.headers["X-Nullius-Inference-Id"][2:])
+    _wait_status(net, iid, {FINISHED, VALIDATED}, anvil)
+    assert ChainView(net.gov).inference(iid).record.quorum == 2
 
 
 def test_openai_package__chat_and_stream_through_signing_hook(net, mlnode, client_acct, anvil):

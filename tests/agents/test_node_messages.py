@@ -116,7 +116,7 @@ def test_auth_headers__carry_the_authorization():
     headers = auth_headers(_request(), b"\x01" * 65)
     assert headers == {"X-Nullius-Client": CLIENT, "X-Nullius-Nonce": "7",
                        "X-Nullius-Deadline": "2000000000", "X-Nullius-Max-Price": "5",
-                       "X-Nullius-Signature": "0x" + "01" * 65}
+                       "X-Nullius-Quorum": "0", "X-Nullius-Signature": "0x" + "01" * 65}
 
 
 def test_server_timing__durations_parsed_in_order():

@@ -18,6 +18,7 @@ from agents.chain.outbox import Outbox
 from agents.chain.records import Record
 from agents.node import keeper, validator
 from agents.node.chain_view import DISPUTED, FINISHED, INVALIDATED, NONE, ChainView
+from agents.node.gateway import start_args
 from agents.node.metrics import NodeMetrics
 from agents.node.state import NodeState
 from agents.protocol.eip712 import Domain, inference_id, sign_request
@@ -60,9 +61,8 @@ def start_and_finish(m, anvil) -> tuple[bytes, Record, SimpleNamespace]:
     some = next(iter(m.nodes.values()))
     executor = some.chain.draw_executor(m.model_id, iid, latest["number"])
     ex = m.nodes[executor]
-    ex.outbox.enqueue("start", "0x" + iid.hex(), [
-        m.client.address, m.model_id, request.request_hash, 16, PRICE, request.nonce, request.deadline,
-        sign_request(request, m.domain, m.client.account.key), latest["number"], executor])
+    ex.outbox.enqueue("start", "0x" + iid.hex(), start_args(
+        request, sign_request(request, m.domain, m.client.account.key), latest["number"], executor))
     record = Record(iid, m.client.address, executor, m.model_id, PRICE, 16, request.deadline)
     ex.outbox.enqueue("finish", "0x" + iid.hex(), [record.as_tuple(), keccak(text="answer"), b"\x22" * 32, 5])
     return iid, record, ex

@@ -131,6 +131,7 @@ class Signed:
             "signature": self.signature,
             "seed_block": self.seed_block,
             "executor": self.executor,
+            "quorum": self.request.quorum,
         }
         fields.update(override)
         return tuple(fields.values())
@@ -138,7 +139,8 @@ class Signed:
     def record(self) -> Record:
         """The record `start` stores for it."""
         r = self.request
-        return Record(self.inference_id, r.client, self.executor, model_id(r.model), PRICE, r.max_tokens, r.deadline)
+        return Record(self.inference_id, r.client, self.executor, model_id(r.model), PRICE, r.max_tokens, r.deadline,
+                      r.quorum)
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +153,8 @@ def sign(chain, registry, domain):
     """sign(client, **fields) -> Signed, with the executor drawn from the latest block."""
     nonces = itertools.count()
 
-    def sign(client, *, key=None, model=MODEL, max_tokens=64, max_price=PRICE, deadline=None, prompt="hi"):
+    def sign(client, *, key=None, model=MODEL, max_tokens=64, max_price=PRICE, deadline=None, prompt="hi",
+             quorum=0):
         request = InferenceRequest(
             model=model,
             prompt=prompt,
@@ -160,6 +163,7 @@ def sign(chain, registry, domain):
             nonce=next(nonces),
             deadline=chain.pending_timestamp + 3600 if deadline is None else deadline,
             client=client.address,
+            quorum=quorum,
         )
         iid = inference_id(request, domain)
         signature = sign_request(request, domain, key or client.private_key)

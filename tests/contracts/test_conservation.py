@@ -133,15 +133,16 @@ def test_conservation__random_lifecycles__hold(chain, ledger, registry, token, n
     who, key = client.address, client.private_key
     nonces = itertools.count(10**6)
 
-    def start_args(max_tokens):
+    def start_args(max_tokens, quorum):
         block = a.block()
         request = InferenceRequest(model=MODEL, prompt="hi", max_tokens=max_tokens, max_price=PRICE,
-                                   nonce=next(nonces), deadline=int(block["timestamp"], 16) + 3600, client=who)
+                                   nonce=next(nonces), deadline=int(block["timestamp"], 16) + 3600, client=who,
+                                   quorum=quorum)
         iid = inference_id(request, domain)
         executor = a.view(R, "drawExecutor", MODEL_ID, keccak(iid + bytes.fromhex(block["hash"][2:])))
         args = (who, MODEL_ID, request.request_hash, max_tokens, PRICE, request.nonce, request.deadline,
-                sign_request(request, domain, key), int(block["number"], 16), executor)
-        return args, Record(iid, who, executor, MODEL_ID, PRICE, max_tokens, request.deadline)
+                sign_request(request, domain, key), int(block["number"], 16), executor, quorum)
+        return args, Record(iid, who, executor, MODEL_ID, PRICE, max_tokens, request.deadline, quorum)
 
     class Lifecycle(RuleBasedStateMachine):
         @initialize()
@@ -171,17 +172,13 @@ def test_conservation__random_lifecycles__hold(chain, ledger, registry, token, n
         @rule(max_tokens=st.integers(1, 64), tokens=st.integers(0, 64), quorum=st.integers(0, 2),
               hang=st.booleans(), data=st.data())
         def inference(self, max_tokens, tokens, quorum, hang, data):
-            """Start, buy a quorum, finish unless the executor hangs, then the verdicts."""
+            """Start (with a signed quorum), finish unless the executor hangs, then the verdicts."""
             lock = max_tokens * PRICE
             if self.escrow < lock + quorum * fee(lock):
                 return
-            args, record = start_args(max_tokens)
+            args, record = start_args(max_tokens, quorum)
             a.send(L, "start", (args,), gov.address)
-            self.escrow -= lock
-            if quorum:
-                a.send(L, "requestQuorum", (record.as_tuple(), quorum), who)
-                self.escrow -= quorum * fee(lock)
-                record = replace(record, quorum=quorum)
+            self.escrow -= lock + quorum * fee(lock)
             if hang:
                 self.started.append(record)
                 return

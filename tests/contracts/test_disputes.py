@@ -147,9 +147,8 @@ def test_dispute__open__blocks_withdrawal_and_claims(ledger, registry, chain, di
 
 def test_dispute__one_inference_judged_once(ledger, registry, chain, client, start, finish_record,
                                             accounts_by_address, conserved):
-    s, executor, record = start(client)
-    ledger.requestQuorum(record.as_tuple(), 1, sender=client)
-    record = finish_record(record.__class__(**{**record.__dict__, "quorum": 1}), executor, 10)
+    s, executor, record = start(client, quorum=1)
+    record = finish_record(record, executor, 10)
     chain.mine(2)
     first, second = [accounts_by_address(v) for v in ledger.validatorsOf(record.as_tuple())]
     tx = ledger.submitValidation(record.as_tuple(), False, 0, sender=first)

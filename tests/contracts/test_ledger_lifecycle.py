@@ -152,14 +152,13 @@ def test_submit_validation__failed__opens_dispute(ledger, client, finish, assign
 
 # ---------------------------------------------------------------- quorum
 
-def test_request_quorum__client__more_validators_paid_by_client(ledger, client, start, finish_record, assigned,
-                                                                 conserved):
-    s, executor, record = start(client, max_tokens=64)
+def test_start__signed_quorum__more_validators_paid_by_client(ledger, client, start, finish_record, assigned,
+                                                              conserved):
+    s, executor, record = start(client, max_tokens=64, quorum=1)
     lock_fee = 64 * PRICE * FEE_BPS // 10_000
-    tx = ledger.requestQuorum(record.as_tuple(), 1, sender=client)
-    assert (tx.events[0].extra, tx.events[0].quorum, tx.events[0].locked) == (1, 1, lock_fee)
+    assert record.quorum == 1
     assert ledger.escrowOf(client) == FUNDS - 64 * PRICE - lock_fee
-    record = replace(record, quorum=1)
+    assert ledger.totalLocked() == 64 * PRICE + lock_fee
     done = finish_record(record, executor, 10)
     fee = 10 * PRICE * FEE_BPS // 10_000
     assert ledger.escrowOf(client) == FUNDS - 10 * PRICE - fee
@@ -173,28 +172,20 @@ def test_request_quorum__client__more_validators_paid_by_client(ledger, client, 
     conserved()
 
 
-def test_request_quorum__rejections(ledger, client, start, finish, outsider, fund):
-    s, executor, record = start(client)
-    with ape.reverts("ledger: not client"):
-        ledger.requestQuorum(record.as_tuple(), 1, sender=outsider)
-    with ape.reverts("ledger: zero amount"):
-        ledger.requestQuorum(record.as_tuple(), 0, sender=client)
+def test_start__signed_quorum__rejections(ledger, gov, client, sign, start, conserved):
     with ape.reverts("ledger: quorum too large"):
-        ledger.requestQuorum(record.as_tuple(), 4, sender=client)
-    with ape.reverts("ledger: record mismatch"):
-        ledger.requestQuorum(replace(record, quorum=1).as_tuple(), 1, sender=client)
-    ledger.withdraw(ledger.escrowOf(client), sender=client)
+        ledger.start(sign(client, quorum=3).args(quorum=4), sender=gov)
+    s = sign(client, quorum=1)
+    with ape.reverts("ledger: bad signature"):
+        ledger.start(s.args(quorum=0), sender=gov)  # a gateway cannot drop the quorum signed for
+    with ape.reverts("ledger: bad signature"):
+        ledger.start(s.args(quorum=2), sender=gov)  # nor raise it at the client's expense
+    # the fees of the quorum must fit the escrow too: exactly the plain lock is not enough
+    ledger.withdraw(ledger.escrowOf(client) - 64 * PRICE, sender=client)
     with ape.reverts("ledger: insufficient escrow"):
-        ledger.requestQuorum(record.as_tuple(), 1, sender=client)
-    _, _, done = finish(outsider_funded(ledger, fund, outsider))
-    with ape.reverts("ledger: not started"):
-        ledger.requestQuorum(done.as_tuple(), 1, sender=outsider)
-
-
-def outsider_funded(ledger, fund, outsider):
-    fund(outsider, ledger, FUNDS)
-    ledger.deposit(FUNDS, sender=outsider)
-    return outsider
+        ledger.start(s.args(), sender=gov)
+    assert ledger.stateOf(s.inference_id).status == 0
+    conserved()
 
 
 # ---------------------------------------------------------------- expiry and laziness

@@ -21,11 +21,10 @@ def w3_ledger(chain, ledger):
 
 
 def test_load_record__started_quorum_finished__matches_chain(ledger, client, start, finish_record, w3_ledger):
-    s, executor, record = start(client, max_tokens=32)
+    s, executor, record = start(client, max_tokens=32, quorum=1)
+    assert record.quorum == 1
     assert load_record(w3_ledger, record.inference_id) == record
-    ledger.requestQuorum(record.as_tuple(), 1, sender=client)
-    assert load_record(w3_ledger, record.inference_id) == replace(record, quorum=1)
-    done = finish_record(replace(record, quorum=1), executor, 5)
+    done = finish_record(record, executor, 5)
     loaded = load_record(w3_ledger, record.inference_id)
     assert loaded == done and loaded.finish_block > 0 and loaded.p_bps == 10_000
     assert bytes(ledger.stateOf(record.inference_id).record_hash) == loaded.record_hash()
@@ -54,7 +53,6 @@ def test_load_record__events_disagree_with_chain__mismatch(ledger, client, start
 
         class events:
             Started = w3_ledger.events.Started
-            QuorumRequested = w3_ledger.events.QuorumRequested
 
             class Finished:
                 def get_logs(self, **_):
