@@ -37,6 +37,10 @@ class NodeSettings(BaseSettings):
     # a directory (embedded store) or a kubo RPC URL; default: data_dir/artifacts
     artifact_store: str | None = None
     model: str = "nullius/ref-tiny"
+    # The validator's facts of the model. Unset, they come from the model node's /health, which
+    # `nullius mlnode` serves and vLLM does not: set both when mlnode_url is a vLLM server.
+    model_eos_token_id: int | None = Field(default=None, ge=0)
+    model_vocab_size: int | None = Field(default=None, ge=1)
     max_prompt_chars: int = Field(default=16_384, ge=1)
     max_tokens: int = Field(default=1024, ge=1)
     request_timeout: float = Field(default=120.0, gt=0)

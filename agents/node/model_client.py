@@ -97,20 +97,25 @@ def tokenize_body(request: InferenceRequest, served_model: str) -> dict:
 class ModelSpec:
     """What the validator needs to know of its model besides logprobs."""
 
-    name: str
     eos_token_id: int
     vocab_size: int
 
 
-async def model_spec(http: httpx.AsyncClient, base: str) -> ModelSpec:
-    """From the model node's /health (model, eos_token_id, vocab_size)."""
+async def model_spec(http: httpx.AsyncClient, base: str, eos_token_id: int | None = None,
+                     vocab_size: int | None = None) -> ModelSpec:
+    """The configured values when both are set (a vLLM model node: its /health is empty), else
+    from our model node's /health."""
+    if eos_token_id is not None and vocab_size is not None:
+        return ModelSpec(eos_token_id, vocab_size)
     r = await http.get(base.rstrip("/") + "/health")
     _check(r, "health")
-    health = r.json()
     try:
-        return ModelSpec(health["model"], int(health["eos_token_id"]), int(health["vocab_size"]))
-    except KeyError as exc:
-        raise ModelNodeError(f"model node /health lacks {exc}: a validator needs it") from None
+        health = r.json()
+        return ModelSpec(int(health["eos_token_id"]), int(health["vocab_size"]))
+    except (ValueError, KeyError, TypeError):
+        raise ModelNodeError(
+            "model node /health lacks eos_token_id and vocab_size (vLLM serves neither): set "
+            "model_eos_token_id and model_vocab_size in the node's settings") from None
 
 
 async def tokenize(http: httpx.AsyncClient, base: str, request: InferenceRequest,

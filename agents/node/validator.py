@@ -163,14 +163,15 @@ async def check(ctx: NodeContext, inference_id: bytes, info: InferenceInfo) -> O
         artifact = Artifact.decode(data)
     except FormatError as exc:
         return Outcome(False, 0, (f"artifact does not decode: {exc}",))
-    spec = await model_spec(ctx.http, ctx.settings.mlnode_url)
+    s = ctx.settings
+    spec = await model_spec(ctx.http, s.mlnode_url, s.model_eos_token_id, s.model_vocab_size)
     faults = precheck(artifact, info.request_hash, spec.vocab_size)
     if faults:  # a wrong request or ids outside the vocabulary: no prefill needed
         return Outcome(False, 0, tuple(map(describe, faults)))
     request = artifact.request()
-    prompt_ids = await tokenize(ctx.http, ctx.settings.mlnode_url, request, ctx.settings.model)
+    prompt_ids = await tokenize(ctx.http, s.mlnode_url, request, s.model)
     output_ids = [int(t) for t in artifact.output_ids]
-    raw = await prefill(ctx.http, ctx.settings.mlnode_url, ctx.settings.model, prompt_ids + output_ids)
+    raw = await prefill(ctx.http, s.mlnode_url, s.model, prompt_ids + output_ids)
     # parsing and judging are pure CPU: off the event loop, so the node's requests keep flowing
     verdict = await ctx.read(verdict_of, raw, artifact, output_ids, info, inference_id, spec)
     return Outcome(verdict.passed, int(verdict.score), tuple(map(describe, verdict.faults)))
