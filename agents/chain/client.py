@@ -32,6 +32,9 @@ from agents.chain.build import contract_type
 _ERROR_SELECTOR = "0x08c379a0"
 # Head room over eth_estimateGas: state can change between the estimate and the inclusion.
 GAS_MARGIN = 1.2
+# Seconds between receipt polls. Each poll is a web3 call of a millisecond or two of CPU; at one
+# block a second, polling 20 times a second took CPU from the requests that share the machine.
+RECEIPT_POLL_S = 0.2
 # Failures of the transport rather than of the transaction: worth retrying later.
 _TRANSPORT_ERRORS = (requests.RequestException, ProviderConnectionError, OSError)
 
@@ -131,7 +134,7 @@ class ChainClient:
         """The receipt of a sent transaction; raises ChainError (with the reason) if it reverted."""
         try:
             receipt = self.w3.eth.wait_for_transaction_receipt(
-                tx_hash, timeout=timeout or self.timeout, poll_latency=0.05
+                tx_hash, timeout=timeout or self.timeout, poll_latency=RECEIPT_POLL_S
             )
         except TimeExhausted as exc:
             raise ChainUnavailable(f"no receipt for {tx_hash} within {timeout or self.timeout:g} s") from exc
