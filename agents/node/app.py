@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from contextlib import asynccontextmanager
 
 import httpx
@@ -22,7 +23,8 @@ from agents.chain.deploy import Deployments
 from agents.chain.events import EventPoller
 from agents.chain.outbox import Outbox
 from agents.node import errors, executor, gateway, keeper, validator
-from agents.node.chain_view import ChainView
+from agents.chain.rpc import AsyncRpc
+from agents.node.chain_view import ChainView, HotReads
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext, log
 from agents.node.metrics import NodeMetrics
@@ -34,20 +36,23 @@ from agents.protocol.eip712 import Domain
 # always closes them first: with equal timeouts, a gateway could send an order on a connection the
 # executor was closing, and see a ReadError.
 KEEP_ALIVE_S = 75
+SWITCH_INTERVAL_S = 0.0005
 
 
 def build_context(settings: NodeSettings) -> NodeContext:
     deployments = Deployments.load(settings.deployments_file)
     client = ChainClient(settings.rpc_url, settings.private_key, deployments)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    chain, http = ChainView(client), httpx.AsyncClient(timeout=settings.request_timeout)
     return NodeContext(
         settings=settings,
         account=Account.from_key(settings.private_key),
-        chain=ChainView(client),
+        chain=chain,
+        reads=HotReads(chain, AsyncRpc(http, settings.rpc_url)),
         state=NodeState(settings.data_dir / "node.sqlite"),
         outbox=Outbox(settings.data_dir / "outbox.sqlite", client),
         store=open_store(settings.artifact_store_url),
-        http=httpx.AsyncClient(timeout=settings.request_timeout),
+        http=http,
         metrics=NodeMetrics(),
         domain=Domain(deployments.chain_id, deployments.ledger),
     )
@@ -163,5 +168,9 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 def run(settings: NodeSettings) -> None:
     configure_logging()
+    # The event loop shares the GIL with the worker threads of chain reads, the outbox and the
+    # validator's parsing; a thread that wants the GIL waits up to this interval for it (5 ms by
+    # default), and each step of a request that waited so added up to tens of milliseconds.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
                 timeout_keep_alive=KEEP_ALIVE_S)

@@ -1,9 +1,11 @@
 """The chain reads the roles make, typed, over the contracts of an `agents.chain.client.ChainClient`.
 
-Every call is synchronous web3; async handlers run them with `asyncio.to_thread`. Reads use a
-Web3 of their own without the default middleware: its validation layer asks the node for the
-chain id twice per call, which triples the round trips of every view. Nothing here signs or sends,
-and the ChainClient checked the chain id when it connected.
+`ChainView`'s calls are synchronous web3; async handlers run them with `asyncio.to_thread`. Reads
+use a Web3 of their own without the default middleware: its validation layer asks the node for the
+chain id twice per call, which triples the round trips of every view. `HotReads` makes the reads
+that requests wait on (the head, the members and stakes, a gateway's admission) as JSON-RPC posted
+from the event loop (agents.chain.rpc says why). Nothing here signs or sends, and the ChainClient
+checked the chain id when it connected.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from web3 import Web3
 
 from agents.chain import records
 from agents.chain.records import Record
+from agents.chain.rpc import AsyncRpc, ContractCalls
 
 ZERO_ADDRESS = "0x" + "00" * 20
 # a status without its Started log is read again this many times, this far apart
@@ -148,26 +151,19 @@ class ChainView:
     def block_number(self) -> int:
         return self.w3.eth.block_number
 
-    def head(self) -> Head:
-        """The latest block's number and hash in one round trip."""
-        block = self.w3.eth.get_block("latest")
-        head = Head(block["number"], bytes(block["hash"]))
-        self._remember(head.number, head.hash)
-        return head
-
     def blockhash(self, number: int) -> bytes:
         """Hashes of past blocks do not change (anvil and an L2's settled blocks do not reorganize)."""
         cached = self._hashes.get(number)
         if cached is None:
             cached = bytes(self.w3.eth.get_block(number)["hash"])
-            self._remember(number, cached)
+            self.remember(number, cached)
         return cached
 
     def known_blockhash(self, number: int) -> bytes | None:
         """The hash of block `number` if a head or hash read has seen it; never a chain read."""
         return self._hashes.get(number)
 
-    def _remember(self, number: int, block_hash: bytes) -> None:
+    def remember(self, number: int, block_hash: bytes) -> None:
         with self._hashes_lock:
             self._hashes[number] = block_hash
             if len(self._hashes) > BLOCKHASH_CACHE:
@@ -190,22 +186,6 @@ class ChainView:
     def draw_executor(self, model_id: bytes, inference_id: bytes, seed_block: int) -> str:
         seed = draw_seed(inference_id, self.blockhash(seed_block))
         return self.registry.functions.drawExecutor(model_id, seed).call()
-
-    def members(self, model_id: bytes, block: int | str = "latest") -> Members:
-        addresses = self.registry.functions.participantsOf(model_id).call(block_identifier=block)
-        with self.w3.batch_requests() as batch:
-            for address in addresses:
-                batch.add(self.registry.functions.stakeOf(address).call(block_identifier=block))
-            stakes = batch.execute() if addresses else []
-        return Members(tuple(addresses), tuple(stakes))
-
-    def admission(self, inference_id: bytes, client: str) -> AdmissionReads:
-        """The gateway's reads in one JSON-RPC batch: one round trip instead of one per call."""
-        with self.w3.batch_requests() as batch:
-            batch.add(self.ledger.functions.stateOf(inference_id))
-            batch.add(self.ledger.functions.escrowOf(to_checksum_address(client)))
-            state, escrow = batch.execute()
-        return AdmissionReads(state[0], escrow)
 
     def state(self, inference_id: bytes, block: int | str = "latest") -> InferenceState:
         status, record_hash, voted, passed = self.ledger.functions.stateOf(inference_id).call(
@@ -292,3 +272,30 @@ class ChainView:
 
     def jury_window(self) -> int:
         return self.ledger.functions.jury_window().call()
+
+
+class HotReads:
+    """The reads that requests wait on, posted from the event loop (agents.chain.rpc)."""
+
+    def __init__(self, view: ChainView, rpc: AsyncRpc):
+        self.view, self.rpc = view, rpc
+        self.registry = ContractCalls(view.registry.address, view.registry.abi)
+        self.ledger = ContractCalls(view.ledger.address, view.ledger.abi)
+
+    async def head(self) -> Head:
+        number, block_hash = await self.rpc.latest_block()
+        self.view.remember(number, block_hash)  # the executor's draw needs the seed block's hash
+        return Head(number, block_hash)
+
+    async def members(self, model_id: bytes, block: int) -> Members:
+        """The model's members and their stakes, both at `block`: two round trips."""
+        [(addresses,)] = await self.rpc.calls([self.registry("participantsOf", model_id)], block)
+        calls = [self.registry("stakeOf", a) for a in addresses]
+        stakes = await self.rpc.calls(calls, block) if calls else []
+        return Members(tuple(map(to_checksum_address, addresses)), tuple(s for (s,) in stakes))
+
+    async def admission(self, inference_id: bytes, client: str) -> AdmissionReads:
+        """The gateway's reads in one batch: the inference's status and the client's escrow."""
+        (state,), (escrow,) = await self.rpc.calls(
+            [self.ledger("stateOf", inference_id), self.ledger("escrowOf", client)])
+        return AdmissionReads(state[0], escrow)

@@ -1,5 +1,5 @@
 """What every role of a node shares: its key, chain view, state, outbox, store, HTTP client, metrics,
-and the cached chain reads of the request path."""
+and the cached chain reads of the request path (made by `reads`, agents.node.chain_view.HotReads)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ class NodeContext:
     settings: NodeSettings
     account: LocalAccount
     chain: ChainView
+    reads: Any  # agents.node.chain_view.HotReads
     state: NodeState
     outbox: Any  # agents.chain.outbox.Outbox
     store: Any  # agents.artifacts.store.ArtifactStore
@@ -72,8 +73,7 @@ class NodeContext:
 
     async def head(self, at_least: int = 0) -> Head:
         """A recent head, at most `chain_cache_ttl` old and at least block `at_least`."""
-        return await self.cache.get("head", lambda: self.read(self.chain.head),
-                                    lambda head: head.number >= at_least)
+        return await self.cache.get("head", self.reads.head, lambda head: head.number >= at_least)
 
     async def members(self, at_least: int = 0) -> Members:
         """The served model's members and stakes, read at block `at_least` or later."""
@@ -84,7 +84,7 @@ class NodeContext:
 
     async def _read_members(self, at_least: int) -> tuple[int, Members]:
         head = await self.head(at_least)
-        return head.number, await self.read(self.chain.members, self.model_id, head.number)
+        return head.number, await self.reads.members(self.model_id, head.number)
 
     async def follow_head(self, stop: asyncio.Event) -> None:
         """Reload the head every `head_refresh` seconds, and the members when it moved or half
@@ -93,8 +93,7 @@ class NodeContext:
         members_at = (-1, -math.inf)  # (head block, monotonic time) of the last members load
         while not stop.is_set():
             try:
-                head = await self.cache.get("head", lambda: self.read(self.chain.head),
-                                            lambda _: False)
+                head = await self.cache.get("head", self.reads.head, lambda _: False)
                 if (head.number != members_at[0]
                         or time.monotonic() - members_at[1] > self.settings.chain_cache_ttl / 2):
                     await self.cache.get(("members", self.model_id),

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
+from agents.chain.client import ChainUnavailable
 from agents.node.chain_view import NONE, ZERO_ADDRESS, Head, draw_seed
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
@@ -155,10 +156,13 @@ async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes,
         raise _nonce_reused(request)
     mid = eip712.model_id(request.model)
     timer.lap("verify")
-    head = await ctx.head()
-    model, reads, executor = await asyncio.gather(
-        ctx.model(mid), ctx.read(ctx.chain.admission, inference_id, request.client),
-        draw_executor(ctx, inference_id, head))
+    try:
+        head = await ctx.head()
+        model, reads, executor = await asyncio.gather(
+            ctx.model(mid), ctx.reads.admission(inference_id, request.client),
+            draw_executor(ctx, inference_id, head))
+    except ChainUnavailable as exc:
+        raise ApiError(503, f"chain unavailable: {exc}", "chain_unavailable") from None
     timer.lap("chain")
     if not model.active:
         raise ApiError(404, f"model '{request.model}' is not registered on chain",

@@ -7,6 +7,7 @@ the happy paths start a real model node process (`nullius mlnode`) on first use.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -34,7 +35,8 @@ from agents.client.openai_hook import signing_http_client
 from agents.client.sdk import NulliusClient, NulliusError
 from agents.node import gateway
 from agents.node.app import create_app
-from agents.node.chain_view import FINISHED, VALIDATED, ZERO_ADDRESS, ChainView, Members
+from agents.chain.rpc import AsyncRpc
+from agents.node.chain_view import FINISHED, VALIDATED, ZERO_ADDRESS, ChainView, HotReads, Members
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext
 from agents.node.state import NodeState
@@ -349,6 +351,21 @@ def test_gateway__bad_quorum__400_names_it(net, client_acct, value, message):
     assert _snapshot(net, client_acct) == before
 
 
+def test_gateway__chain_unreachable__503_nothing_changes(net, client_acct):
+    rpc = net.gateway.ctx.reads.rpc
+    dead = _url(_bind())  # bound, never listening: connections are refused
+    body = _body()
+    before = _snapshot(net, client_acct)
+    url, rpc.url = rpc.url, dead
+    try:
+        status, code, message = _error(_post(net.gateway.url, body, _headers(net, client_acct, body)))
+    finally:
+        rpc.url = url
+    assert (status, code) == (503, "chain_unavailable")
+    assert message.startswith(f"chain unavailable: JSON-RPC batch to {dead} failed: ConnectError")
+    assert _snapshot(net, client_acct) == before
+
+
 def test_gateway__missing_header__400_names_it(net, client_acct):
     body = _body()
     headers = _headers(net, client_acct, body)
@@ -485,9 +502,15 @@ def test_in_flight_locks__only_starts_not_yet_landed_count(tmp_path):
     assert gateway.in_flight_locks(ctx, "0x" + "cd" * 20) == 0
 
 
+async def _members(net: Net, view: ChainView) -> Members:
+    async with httpx.AsyncClient() as http:
+        reads = HotReads(view, AsyncRpc(http, net.rpc_url))
+        return await reads.members(model_id(MODEL), (await reads.head()).number)
+
+
 def test_members_draw__same_pick_as_the_registry(net):
     view = ChainView(net.gov)
-    members = view.members(model_id(MODEL))
+    members = asyncio.run(_members(net, view))
     assert len(members.addresses) == len(net.nodes)
     for i in range(64):
         seed = keccak(i.to_bytes(32, "big"))

@@ -103,31 +103,31 @@ async def test_get__zero_ttl__always_reloads():
 
 # ------------------------------------------------------------------ the node's head follower
 
-class StandInChain:
+class StandInReads:
     """Chain reads stood in for: a head that moves one block per read, fixed members."""
 
     def __init__(self):
         self.number = 10
         self.member_reads: list[int] = []
 
-    def head(self) -> Head:
+    async def head(self) -> Head:
         self.number += 1
         return Head(self.number, self.number.to_bytes(32, "big"))
 
-    def members(self, model_id: bytes, block: int) -> Members:
+    async def members(self, model_id: bytes, block: int) -> Members:
         self.member_reads.append(block)
         return Members(("0x" + "aa" * 20,), (1,))
 
 
-def _context(chain: StandInChain) -> NodeContext:
+def _context(reads: StandInReads) -> NodeContext:
     settings = NodeSettings(private_key="0x" + "11" * 32, head_refresh=0.01, chain_cache_ttl=60)
     return NodeContext(settings=settings, account=Account.from_key(settings.private_key),
-                       chain=chain, state=None, outbox=None, store=None, http=None,
+                       chain=None, reads=reads, state=None, outbox=None, store=None, http=None,
                        metrics=NodeMetrics(), domain=None)
 
 
 async def test_follow_head__keeps_head_and_members_fresh_for_requests():
-    chain = StandInChain()
+    chain = StandInReads()
     ctx = _context(chain)
     stop = asyncio.Event()
     follower = asyncio.create_task(ctx.follow_head(stop))
@@ -142,7 +142,7 @@ async def test_follow_head__keeps_head_and_members_fresh_for_requests():
 
 
 async def test_head__older_than_needed__read_again():
-    chain = StandInChain()
+    chain = StandInReads()
     ctx = _context(chain)
     assert (await ctx.head()).number == 11
     assert (await ctx.head()).number == 11  # cached

@@ -1,0 +1,79 @@
+"""Read-only JSON-RPC posted from an asyncio event loop: eth_call batches and the head block.
+
+For the reads a request waits on. web3.py's contract calls cost about 4 ms of CPU each (a batch of
+two, 7 ms) where posting the same eth_calls costs under 1 ms (measured against the devnet's anvil),
+and they block, so a node runs them in a worker thread whose GIL hand-offs also delay its event
+loop. The ABIs still come from the compiled build, and eth-abi encodes and decodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+
+import httpx
+from eth_abi import decode, encode
+from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types, get_abi_output_types
+
+from agents.chain.client import ChainUnavailable
+
+
+class RpcError(Exception):
+    """The node answered a call with a JSON-RPC error object."""
+
+
+@dataclass(frozen=True)
+class Call:
+    to: str
+    data: str  # 0x selector + encoded arguments
+    output_types: tuple[str, ...]
+
+
+class ContractCalls:
+    """Encodes calls to one contract's view functions from its ABI."""
+
+    def __init__(self, address: str, abi: list[dict]):
+        self.address = address
+        self._functions = {f["name"]: f for f in abi if f.get("type") == "function"}
+
+    def __call__(self, name: str, *args: Any) -> Call:
+        fn = self._functions[name]
+        data = function_abi_to_4byte_selector(fn) + encode(get_abi_input_types(fn), args)
+        return Call(self.address, "0x" + data.hex(), tuple(get_abi_output_types(fn)))
+
+
+class AsyncRpc:
+    def __init__(self, http: httpx.AsyncClient, url: str):
+        self.http, self.url = http, url
+        self._ids = count(1)
+
+    async def batch(self, requests: list[tuple[str, list]]) -> list[Any]:
+        """The results of `(method, params)` requests sent in one JSON-RPC batch, in order."""
+        ids = [next(self._ids) for _ in requests]
+        body = [{"jsonrpc": "2.0", "id": i, "method": method, "params": params}
+                for i, (method, params) in zip(ids, requests)]
+        try:
+            r = await self.http.post(self.url, json=body)
+            r.raise_for_status()
+            answers = {a["id"]: a for a in r.json()}
+        except (httpx.HTTPError, ValueError, TypeError, KeyError) as exc:
+            raise ChainUnavailable(f"JSON-RPC batch to {self.url} failed: {exc!r}") from exc
+        results = []
+        for i, (method, _params) in zip(ids, requests):
+            answer = answers.get(i, {"error": {"message": "no answer in the batch"}})
+            if "error" in answer:
+                raise RpcError(f"{method} failed: {answer['error'].get('message', answer['error'])}")
+            results.append(answer["result"])
+        return results
+
+    async def calls(self, calls: list[Call], block: int | str = "latest") -> list[tuple]:
+        """Each call's decoded outputs (a tuple), all at one block."""
+        tag = block if isinstance(block, str) else hex(block)
+        raw = await self.batch([("eth_call", [{"to": c.to, "data": c.data}, tag]) for c in calls])
+        return [decode(c.output_types, bytes.fromhex(data[2:])) for c, data in zip(calls, raw)]
+
+    async def latest_block(self) -> tuple[int, bytes]:
+        """The latest block's number and hash."""
+        [block] = await self.batch([("eth_getBlockByNumber", ["latest", False])])
+        return int(block["number"], 16), bytes.fromhex(block["hash"][2:])
