@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from agents.chain.client import ChainError, ChainUnavailable
 from agents.client.sdk import DEFAULT_MODEL, NulliusClient, NulliusError
+from agents.protocol.requests import MAX_QUORUM
 
 console = Console()
 STATUS = ["none", "started", "finished", "validated", "invalidated", "settled", "expired"]
@@ -40,8 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     infer.add_argument("--temperature", type=float, default=1.0)
     infer.add_argument("--top-p", type=float, default=1.0)
     infer.add_argument("--top-k", type=int, default=0)
-    infer.add_argument("--quorum", type=int, default=0,
-                       help="extra validators to pay for (0-3): the answer is then always checked")
+    infer.add_argument("--quorum", type=int, default=0, choices=range(MAX_QUORUM + 1),
+                       help="extra validators to pay for: the answer is then always checked")
     status = sub.add_parser("status", help="an inference's record on chain")
     status.add_argument("inference_id")
     status.add_argument("--text", help="also check that this answer is the one committed on chain")
@@ -53,7 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    client = NulliusClient(args.gateway, args.rpc_url, args.key, args.deployments)
+    try:
+        client = NulliusClient(args.gateway, args.rpc_url, args.key, args.deployments)
+    except FileNotFoundError:
+        return fail(f"no deployments file at {args.deployments}: start a devnet (make demo) or pass "
+                    "--deployments / NULLIUS_DEPLOYMENTS", 2)
+    except (ChainUnavailable, ValueError) as exc:  # an unreachable RPC, a bad key, another chain
+        return fail(str(exc), 2)
     try:
         if args.command == "deposit":
             client.deposit(args.amount)
@@ -75,9 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             return show_status(client, args.inference_id, args.text)
     except NulliusError as exc:
-        console.print(f"[red]error[/red] ({exc.code or exc.status}): {exc}", markup=True)
-        return 1
+        return fail(f"({exc.code or exc.status}) {exc}", 1)
+    except ValidationError as exc:  # a request the protocol refuses, before anything is signed
+        return fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), 2)
+    except (ChainError, ChainUnavailable) as exc:  # a deposit or withdrawal the chain refused
+        return fail(str(exc), 1)
     return 0
+
+
+def fail(message: str, status: int) -> int:
+    console.print("[red]error[/red]: " + escape(message), soft_wrap=True)
+    return status
 
 
 def show_status(client: NulliusClient, raw_id: str, text: str | None) -> int:
@@ -86,8 +104,7 @@ def show_status(client: NulliusClient, raw_id: str, text: str | None) -> int:
     except ValueError:
         inference_id = b""
     if len(inference_id) != 32:
-        console.print("[red]error[/red]: an inference id is 32 bytes of hex")
-        return 2
+        return fail("an inference id is 32 bytes of hex", 2)
     info = client.status(inference_id)
     table = Table(title=f"inference 0x{inference_id.hex()}", show_header=False)
     for name, value in [("status", STATUS[info.status]), ("client", info.client),

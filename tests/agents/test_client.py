@@ -106,3 +106,28 @@ def test_cli__client_without_key__names_the_option(capsys, monkeypatch):
         nullius(["client", "escrow"])
     assert info.value.code == 2
     assert "a private key is required: --key or NULLIUS_CLIENT_KEY" in capsys.readouterr().err
+
+
+def test_cli__no_deployments_file__names_it(tmp_path, capsys):
+    missing = tmp_path / "none.json"
+    assert nullius(["client", "--key", "0x" + "31" * 32, "--deployments", str(missing), "escrow"]) == 2
+    assert capsys.readouterr().out == (
+        f"error: no deployments file at {missing}: start a devnet (make demo) or pass --deployments / "
+        "NULLIUS_DEPLOYMENTS\n")
+
+
+def test_cli__unreachable_rpc__names_it(tmp_path, capsys):
+    deployments = tmp_path / "31337.json"
+    deployments.write_text(json.dumps({"chain_id": 31337, "token": "0x" + "01" * 20, "registry": "0x" + "02" * 20,
+                                       "ledger": "0x" + "03" * 20, "start_block": 0}))
+    rpc = "http://127.0.0.1:9"  # discard: nothing answers
+    assert nullius(["client", "--key", "0x" + "31" * 32, "--rpc-url", rpc, "--deployments", str(deployments),
+                    "escrow"]) == 2
+    assert capsys.readouterr().out.startswith(f"error: RPC {rpc} unreachable: ")
+
+
+def test_cli__quorum_out_of_range__usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        nullius(["client", "--key", "0x" + "31" * 32, "infer", "--prompt", "x", "--quorum", "4"])
+    assert info.value.code == 2
+    assert "argument --quorum: invalid choice: 4 (choose from 0, 1, 2, 3)" in capsys.readouterr().err

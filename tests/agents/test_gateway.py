@@ -613,6 +613,17 @@ def test_cli__infer_then_status__answer_matches_chain(net, mlnode, client_acct, 
     assert "answer does NOT match the chain" in capsys.readouterr().out
 
 
+def test_cli__refused_input__error_names_it_and_nothing_changes(net, client_acct, capsys):
+    common = ["client", "--gateway", net.gateway.url, "--rpc-url", net.rpc_url,
+              "--key", client_acct.key.hex(), "--deployments", str(net.gateway.ctx.settings.deployments_file)]
+    before = _snapshot(net, client_acct)
+    assert nullius([*common, "infer", "--model", MODEL, "--prompt", "x", "--max-tokens", "0"]) == 2
+    assert capsys.readouterr().out == "error: max_tokens: Input should be greater than or equal to 1\n"
+    assert nullius([*common, "withdraw", str(before[0] + 1)]) == 1
+    assert capsys.readouterr().out == "error: ledger: insufficient escrow\n"
+    assert _snapshot(net, client_acct) == before
+
+
 def test_sdk__gateway_refusal__raises_with_code(net, mlnode):
     poor = net.funded(deposit=0)
     client = NulliusClient(net.gateway.url, net.rpc_url, poor.key, net.deployments)
