@@ -40,6 +40,11 @@ def _mlnode(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = p.parse_args(argv)
+    if not (args.model / "manifest.json").is_file():
+        p.error(f"no model at {args.model}: a model folder holds manifest.json and the weights "
+                "(models/ref-tiny is one)")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be at least 1, got {args.threads}")
     from agents.mlnode.api import main
 
     main(args.model, args.host, args.port, served_name=args.served_name, threads=args.threads)

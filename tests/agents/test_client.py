@@ -131,3 +131,14 @@ def test_cli__quorum_out_of_range__usage_error(capsys):
         nullius(["client", "--key", "0x" + "31" * 32, "infer", "--prompt", "x", "--quorum", "4"])
     assert info.value.code == 2
     assert "argument --quorum: invalid choice: 4 (choose from 0, 1, 2, 3)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/nonexistent/model"], "no model at /nonexistent/model: a model folder holds manifest.json"),
+    (["--model", "models/ref-tiny", "--threads", "0"], "--threads must be at least 1, got 0"),
+])
+def test_cli__mlnode_bad_arguments__usage_error(args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        nullius(["mlnode", *args])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
