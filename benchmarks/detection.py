@@ -325,12 +325,13 @@ def run_auc(engines: Engines, validator: Engine, rng: random.Random, count: int,
     return curves
 
 
-def run_cost(engines: Engines, validator: Engine, rng: random.Random, repeats: int) -> dict:
-    """Validator compute over executor compute for the same inference on the same engine, one
-    thread each, single requests, medians: the prefill over the output positions (what the
-    validator runs), the same with the top-20 it asked for before, the prefill over every
+def run_cost(engines: Engines, validator: Engine, rng: random.Random, repeats: int,
+             threads: int = 1) -> dict:
+    """Validator compute over executor compute for the same inference on the same engine, both at
+    `threads` torch threads, single requests, medians: the prefill over the output positions (what
+    the validator runs), the same with the top-20 it asked for before, the prefill over every
     position (what it ran before that), and the judging."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     out = {}
     for length in (64, 256):
         gen_s, pre_s, top20_s, all_s, judge_s = [], [], [], [], []
@@ -357,7 +358,7 @@ def run_cost(engines: Engines, validator: Engine, rng: random.Random, repeats: i
                            ratio_top20=top20 / gen, prefill_all_positions_s=float(np.median(all_s)),
                            judge_s=judged, ratio=pre / gen, ratio_with_judging=(pre + judged) / gen,
                            ratio_all_positions=float(np.median(all_s)) / gen, repeats=repeats,
-                           temperature=ATTACK_TEMPERATURE)
+                           temperature=ATTACK_TEMPERATURE, threads=threads)
     return out
 
 
@@ -465,6 +466,9 @@ def main(argv=None) -> None:
     parser.add_argument("--cases", type=int, default=96, help="validations per attack")
     parser.add_argument("--auc", type=int, default=64, help="256-token artifacts per side for the AUC")
     parser.add_argument("--cost-repeats", type=int, default=5)
+    parser.add_argument("--cost-threads", type=int, nargs="+", default=[1],
+                        help="with --only cost: torch threads of both engines, one run each (torch's "
+                        "default is one per core; the devnet's model nodes use 1)")
     parser.add_argument("--ref", type=Path, default=ROOT / "models/ref-tiny")
     parser.add_argument("--sub", type=Path, default=ROOT / "models/sub-nano")
     parser.add_argument("--seed", type=int, default=2026)
@@ -493,10 +497,12 @@ def main(argv=None) -> None:
                       models=models, safety=SAFETY)
         return main_honest(engines, validator, rng, args, header, log)
     if args.only == "cost":  # stage 4's timing alone, for a quiet machine
-        cost = run_cost(engines, validator, rng, args.cost_repeats)
+        by_threads = {n: run_cost(engines, validator, random.Random(args.seed), args.cost_repeats, n)
+                      for n in args.cost_threads}
+        cost = by_threads[args.cost_threads[0]]
         report = dict(mode="cost", models=models, seconds=round(time.time() - started, 1),
                       machine=dict(cpus=os.cpu_count(), torch=torch.__version__, load_avg=os.getloadavg()),
-                      validation_cost=cost)
+                      validation_cost=cost, validation_cost_by_threads=by_threads)
         (RESULTS / "detection_cost.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         return log(f"cost {cost}")
     if args.only == "attacks":
