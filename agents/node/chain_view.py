@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from functools import cached_property
 
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
@@ -262,11 +261,6 @@ class ChainView:
     def claim_block(self, epoch: int) -> int:
         return self.ledger.functions.claimBlock(epoch).call()
 
-    @cached_property
-    def validator_fee_bps(self) -> int:
-        """Immutable: read once."""
-        return self.ledger.functions.validator_fee_bps().call()
-
     def validation_window(self) -> int:
         return self.ledger.functions.validation_window().call()
 
@@ -281,6 +275,7 @@ class HotReads:
         self.view, self.rpc = view, rpc
         self.registry = ContractCalls(view.registry.address, view.registry.abi)
         self.ledger = ContractCalls(view.ledger.address, view.ledger.abi)
+        self._validator_fee_bps: int | None = None
 
     async def head(self) -> Head:
         number, block_hash = await self.rpc.latest_block()
@@ -293,6 +288,12 @@ class HotReads:
         calls = [self.registry("stakeOf", a) for a in addresses]
         stakes = await self.rpc.calls(calls, block) if calls else []
         return Members(tuple(map(to_checksum_address, addresses)), tuple(s for (s,) in stakes))
+
+    async def validator_fee_bps(self) -> int:
+        """The Ledger's fee share per validator, immutable: read once."""
+        if self._validator_fee_bps is None:
+            [(self._validator_fee_bps,)] = await self.rpc.calls([self.ledger("validator_fee_bps")])
+        return self._validator_fee_bps
 
     async def admission(self, inference_id: bytes, client: str) -> AdmissionReads:
         """The gateway's reads in one batch: the inference's status and the client's escrow."""

@@ -158,9 +158,9 @@ async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes,
     timer.lap("verify")
     try:
         head = await ctx.head()
-        model, reads, executor = await asyncio.gather(
+        model, reads, executor, fee_bps = await asyncio.gather(
             ctx.model(mid), ctx.reads.admission(inference_id, request.client),
-            draw_executor(ctx, inference_id, head))
+            draw_executor(ctx, inference_id, head), ctx.reads.validator_fee_bps())
     except ChainUnavailable as exc:
         raise ApiError(503, f"chain unavailable: {exc}", "chain_unavailable") from None
     timer.lap("chain")
@@ -173,7 +173,7 @@ async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes,
     if reads.status != NONE:
         raise _nonce_reused(request)
     in_flight = in_flight_locks(ctx, request.client)
-    lock = lock_of(request, model.price, ctx.chain.validator_fee_bps)
+    lock = lock_of(request, model.price, fee_bps)
     if reads.escrow - in_flight < lock:
         raise ApiError(402, f"insufficient escrow: {reads.escrow} deposited, {in_flight} in flight, "
                        f"{lock} needed", "insufficient_escrow")

@@ -33,10 +33,12 @@ async def test_hot_reads__head_and_admission__match_the_chain(anvil, make_client
         reads = HotReads(view, AsyncRpc(http, anvil.rpc_url))
         head = await reads.head()
         admission = await reads.admission(b"\x01" * 32, chain.address)
+        fee_bps = await reads.validator_fee_bps()
     block = anvil.w3.eth.get_block(head.number)
     assert head.hash == bytes(block["hash"])
     assert view.known_blockhash(head.number) == head.hash  # remembered for the executor's draw
     assert (admission.status, admission.escrow) == (NONE, 77)
+    assert fee_bps == chain.ledger.functions.validator_fee_bps().call() == 1_000
 
 
 async def test_batch__error_object__names_the_method(anvil):

@@ -321,7 +321,7 @@ def test_gateway__quorum_fees_beyond_escrow__402_nothing_changes(net):
     body = _body(max_tokens=8)
     before = _snapshot(net, poor)
     r = _post(net.gateway.url, body, _headers(net, poor, body, quorum=1))
-    fee = 8 * PRICE * ChainView(net.gov).validator_fee_bps // 10_000
+    fee = 8 * PRICE * net.gov.ledger.functions.validator_fee_bps().call() // 10_000
     assert _error(r) == (402, "insufficient_escrow",
                          f"insufficient escrow: {8 * PRICE} deposited, 0 in flight, {8 * PRICE + fee} needed")
     assert _snapshot(net, poor) == before
@@ -564,7 +564,7 @@ def test_sdk__infer_with_quorum__signed_quorum_on_chain_and_paid(net, mlnode, cl
     assert _wait_status(net, result.inference_id, {FINISHED, VALIDATED}, anvil) in {FINISHED, VALIDATED}
     info = client.status(result.inference_id)
     assert info.record.quorum == 1
-    fee = info.cost * ChainView(net.gov).validator_fee_bps // 10_000
+    fee = info.cost * net.gov.ledger.functions.validator_fee_bps().call() // 10_000
     assert client.escrow() == escrow - info.cost - fee
 
 
