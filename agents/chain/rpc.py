@@ -44,8 +44,9 @@ class ContractCalls:
 
 
 class AsyncRpc:
-    def __init__(self, http: httpx.AsyncClient, url: str):
-        self.http, self.url = http, url
+    def __init__(self, http: httpx.AsyncClient, url: str, timeout: float = 10.0):
+        # the timeout of the web3 reads beside these (agents.node.chain_view.ChainView)
+        self.http, self.url, self.timeout = http, url, timeout
         self._ids = count(1)
 
     async def batch(self, requests: list[tuple[str, list]]) -> list[Any]:
@@ -54,7 +55,7 @@ class AsyncRpc:
         body = [{"jsonrpc": "2.0", "id": i, "method": method, "params": params}
                 for i, (method, params) in zip(ids, requests)]
         try:
-            r = await self.http.post(self.url, json=body)
+            r = await self.http.post(self.url, json=body, timeout=self.timeout)
             r.raise_for_status()
             answers = {a["id"]: a for a in r.json()}
         except (httpx.HTTPError, ValueError, TypeError, KeyError) as exc:
