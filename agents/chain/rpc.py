@@ -19,8 +19,9 @@ from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types, g
 from agents.chain.client import ChainUnavailable
 
 
-class RpcError(Exception):
-    """The node answered a call with a JSON-RPC error object."""
+class RpcError(ChainUnavailable):
+    """The node answered a call with a JSON-RPC error object. These views do not revert, so it is
+    the node's trouble (a rate limit, a block it does not have yet): worth retrying later."""
 
 
 @dataclass(frozen=True)
