@@ -8,13 +8,14 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from contextlib import asynccontextmanager
 
 import httpx
 import uvicorn
 from eth_account import Account
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from agents.artifacts.fetch import ipfs_router
 from agents.artifacts.store import open_store
@@ -36,6 +37,9 @@ from agents.protocol.eip712 import Domain
 # always closes them first: with equal timeouts, a gateway could send an order on a connection the
 # executor was closing, and see a ReadError.
 KEEP_ALIVE_S = 75
+# /health: a head read older than this (the follower reads every head_refresh) means no chain
+HEALTH_STALE_S = 10.0
+HEALTH_PROBE_S = 2.0  # seconds the model node gets to answer /health's probe
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -134,17 +138,37 @@ def create_app(settings: NodeSettings) -> FastAPI:
     app.include_router(ipfs_router(ctx.store))
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "address": ctx.address, "model": settings.model, "url": settings.url,
-                "watching": {role: ctx.state.watching(role)
-                             for role in (validator.ROLE, validator.JURY, keeper.LAZY, keeper.EXPIRE,
-                                          keeper.RESOLVE)}}
+    async def health() -> JSONResponse:
+        status, body = await health_report(ctx)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
     async def metrics(_: Request) -> Response:
         return Response(ctx.metrics.render(ctx.outbox.counts()), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+async def health_report(ctx: NodeContext) -> tuple[int, dict]:
+    """200 when the node can serve: its head follower read the chain lately and its model node
+    answers; else 503 with the problems named. Uses the follower's last read, not a chain call."""
+    s, problems = ctx.settings, []
+    if ctx.head_read_at is None:
+        problems.append(f"no head read from {s.rpc_url} yet")
+    elif (age := time.monotonic() - ctx.head_read_at) > HEALTH_STALE_S:
+        problems.append(f"the last head read from {s.rpc_url} was {age:.1f} s ago")
+    try:
+        r = await ctx.http.get(s.mlnode_url.rstrip("/") + "/health", timeout=HEALTH_PROBE_S)
+        if r.status_code != 200:
+            problems.append(f"model node {s.mlnode_url} answered {r.status_code}")
+    except httpx.HTTPError as exc:
+        problems.append(f"model node {s.mlnode_url} unreachable: {exc!r}")
+    body = {"status": "degraded" if problems else "ok", "problems": problems, "address": ctx.address,
+            "model": s.model, "url": s.url,
+            "watching": {role: ctx.state.watching(role)
+                         for role in (validator.ROLE, validator.JURY, keeper.LAZY, keeper.EXPIRE,
+                                      keeper.RESOLVE)}}
+    return (503 if problems else 200), body
 
 
 class JsonFormatter(logging.Formatter):

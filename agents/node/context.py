@@ -39,6 +39,8 @@ class NodeContext:
     cache: TtlCache = field(init=False)
     # work detached from a request (see `spawn`), awaited at shutdown
     background: set[asyncio.Task] = field(init=False, default_factory=set)
+    # monotonic time of the head follower's last successful read (None before the first)
+    head_read_at: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.cache = TtlCache(self.settings.chain_cache_ttl)
@@ -94,6 +96,7 @@ class NodeContext:
         while not stop.is_set():
             try:
                 head = await self.cache.get("head", self.reads.head, lambda _: False)
+                self.head_read_at = time.monotonic()
                 if (head.number != members_at[0]
                         or time.monotonic() - members_at[1] > self.settings.chain_cache_ttl / 2):
                     await self.cache.get(("members", self.model_id),
