@@ -8,14 +8,16 @@ temperature 0 or seeded temperature 1.0) (a) straight to a participant's model n
 `/v1/completions` and (b) through the gateway with the signing client (sign, gateway checks, draw,
 signed order, executor checks, model call with top-k logprobs, artifact, receipt, client check of
 the receipt). The direct call uses the seed the executor derives from the inference id, so both
-paths produce the same tokens. Pairs are interleaved, across answer lengths too, and alternate which
-path goes first, so that machine noise hits both alike. The gateway's and the executor's
-Server-Timing phases are kept per request. Writes benchmarks/results/<name>.json and <name>.png.
+paths produce the same tokens. Pairs are interleaved, across answer lengths too, in an order shuffled
+per round (seeded), and alternate which path goes first, so that machine noise hits both alike: with
+a fixed order, every short pair ran while the devnet validated the long answer before it. The
+gateway's and the executor's Server-Timing phases are kept per request. Writes benchmarks/results/<name>.json and <name>.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -138,11 +140,12 @@ def main(argv: list[str] | None = None) -> dict:
             cases = [(pr, t) for pr in PROMPTS for t in TEMPERATURES]
             direct_url = net.participants[args.direct_participant].mlnode_url
             by_length: dict[int, list[dict]] = {n: [] for n in args.max_tokens}
+            order = random.Random(0)
             rounds = args.warmup + args.pairs
             with httpx.Client(base_url=direct_url, timeout=120) as direct:
                 for i in range(rounds):
                     prompt, temperature = cases[i % len(cases)]
-                    for n in args.max_tokens:
+                    for n in order.sample(args.max_tokens, len(args.max_tokens)):
                         s = run_pair(client, direct, prompt, n, temperature, max_price,
                                      gateway_first=i % 2 == 0)
                         if i >= args.warmup:
