@@ -30,8 +30,14 @@ from agents.chain.build import contract_type
 
 # Error(string): the selector that starts the payload of a revert with a reason
 _ERROR_SELECTOR = "0x08c379a0"
-# Head room over eth_estimateGas: state can change between the estimate and the inclusion.
-GAS_MARGIN = 1.2
+# Head room over eth_estimateGas: state can change between the estimate and the inclusion. The
+# additive part covers a transaction that lands in the first block of a new epoch after an estimate
+# in the old one: the Ledger's epoch accounts are fresh storage then, three slots at up to 17,100
+# more gas each than the estimate saw. Unused gas is not charged.
+GAS_MARGIN, GAS_HEADROOM = 1.2, 60_000
+# The reason of a mined revert whose replay on the state before its block passes: the block (an
+# earlier transaction in it, or its number) changed the outcome, so sending again may succeed.
+STATE_CHANGED = "transaction reverted"
 # Seconds between receipt polls. Each poll is a web3 call of a millisecond or two of CPU; at one
 # block a second, polling 20 times a second took CPU from the requests that share the machine.
 RECEIPT_POLL_S = 0.2
@@ -95,7 +101,8 @@ class ChainClient:
         try:
             # Against the pending block: the transaction runs in the next block, and checks such
             # as "seed_block < block.number" must see that block's number, not the latest one's.
-            return int(fn.estimate_gas({"from": self.address}, block_identifier="pending") * GAS_MARGIN)
+            gas = fn.estimate_gas({"from": self.address}, block_identifier="pending")
+            return int(gas * GAS_MARGIN) + GAS_HEADROOM
         except ContractLogicError as exc:
             raise ChainError(revert_reason(exc)) from None
         except _TRANSPORT_ERRORS as exc:
@@ -176,5 +183,5 @@ class ChainClient:
             self.w3.eth.call(call, block_identifier=block - 1)
         except ContractLogicError as exc:
             return revert_reason(exc)
-        # It succeeds on the earlier state, so an earlier transaction in its block changed the outcome.
-        return "transaction reverted"
+        # It succeeds on the earlier state, so its block changed the outcome.
+        return STATE_CHANGED

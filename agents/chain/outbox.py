@@ -3,11 +3,13 @@
 Roles enqueue what they want on chain; `run` sends it. Pending items of one kind go out as one batch
 transaction (`startBatch`, `finishBatch`, `expireBatch`), which spreads the fixed cost of a
 transaction over up to `batch_size` inferences. When a batch reverts, its items are tried one by one
-so that a bad item fails alone, with its revert reason recorded, and the others still go out together. A finish can reach the chain before its start
-(the gateway and the executor are different nodes): "ledger: not started" on a finish is deferred
-and retried, up to `max_deferrals` times. Every state change is in SQLite before the next step, and
-the hash of a sent transaction is recorded before its receipt is awaited, so a restarted outbox
-resends what was pending and checks, rather than resends, what was already sent.
+so that a bad item fails alone, with its revert reason recorded, and the others still go out
+together. A finish can reach the chain before its start (the gateway and the executor are different
+nodes): "ledger: not started" on a finish is deferred and retried, up to `max_deferrals` times, and
+so is a mined revert that its block caused (`client.STATE_CHANGED`). Every state change is in SQLite
+before the next step, and the hash of a sent transaction is recorded before its receipt is awaited,
+so a restarted outbox resends what was pending and checks, rather than resends, what was already
+sent.
 
 Item states: pending -> sent -> done | failed (and sent -> pending when a transaction vanished).
 """
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agents.chain.client import ChainClient, ChainError, ChainUnavailable
+from agents.chain.client import STATE_CHANGED, ChainClient, ChainError, ChainUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +280,10 @@ class Outbox:
         self._set(group, "done")
 
     def _revert(self, item: _Item, reason: str) -> None:
-        if item.kind == "finish" and reason == NOT_STARTED and item.attempts < self.max_deferrals:
-            # The start may still be in flight from the gateway: try again later.
+        transient = (item.kind == "finish" and reason == NOT_STARTED) or reason == STATE_CHANGED
+        if transient and item.attempts < self.max_deferrals:
+            # The start may still be in flight from the gateway, or the block the transaction
+            # landed in changed its outcome (docs at STATE_CHANGED): try again later.
             with self._lock, self._db:
                 self._db.execute(
                     "UPDATE outbox SET state = 'pending', attempts = attempts + 1, not_before = ?, "

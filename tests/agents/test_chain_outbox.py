@@ -13,7 +13,9 @@ import pytest
 from eth_utils import keccak
 from fastapi import FastAPI, Request, Response
 
-from agents.chain.client import ChainClient, ChainUnavailable
+from agents.chain import client as client_module
+from agents.chain.client import (GAS_HEADROOM, GAS_MARGIN, STATE_CHANGED, ChainClient, ChainError,
+                                 ChainUnavailable)
 from agents.chain.outbox import ItemStatus, Outbox
 from agents.chain.records import Record
 from agents.node.gateway import start_args
@@ -382,3 +384,70 @@ async def test_run__rpc_down__backs_off_keeps_items_then_sends(market, outbox_at
     await asyncio.wait_for(task, 5)
     assert outbox.status("start", iid).state == "done"
     assert status_of(market, iid) == STARTED
+
+
+# --- a block that changes the outcome ---------------------------------------------------------
+
+
+def _pending_before_epoch_end(m: Market, anvil, blocks: int) -> None:
+    """Mine until the pending block (where the next transaction or estimate runs) is `blocks`
+    blocks before the last one of its epoch."""
+    ledger = m.executor.ledger.functions
+    length, genesis = ledger.epoch_length().call(), ledger.genesis_block().call()
+    pending = m.executor.w3.eth.block_number + 1
+    anvil.mine((length - 1 - blocks - (pending - genesis)) % length)
+
+
+async def test_finish__estimated_in_one_epoch_mined_in_the_next__headroom_covers_it(market, outbox_at, anvil):
+    """An executor's epoch account is fresh storage in a new epoch: a finish estimated in the old
+    one, where its account exists, needs more gas than that estimate when it lands in the new one."""
+    gateway = outbox_at(market.gateway, "gateway")
+    starts = [new_start(market) for _ in range(4)]
+    for iid, args in starts:
+        gateway.enqueue("start", iid, args)
+    await gateway.flush()
+    ex, ledger = market.executor, market.executor.ledger.functions
+    for (first, second), headroom in (((starts[0], starts[1]), 0), ((starts[2], starts[3]), GAS_HEADROOM)):
+        _pending_before_epoch_end(market, anvil, 1)
+        ex.transact(ledger.finish(finish_args(*first)))  # the executor's account in this epoch
+        fn = ledger.finish(finish_args(*second))
+        gas = int(fn.estimate_gas({"from": ex.address}, block_identifier="pending") * GAS_MARGIN)
+        anvil.mine(1)  # the finish lands in the first block of the next epoch
+        tx = ex.send(fn, gas + headroom)
+        if headroom:
+            assert ex.wait(tx)["status"] == 1 and status_of(market, second[0]) == FINISHED
+        else:
+            with pytest.raises(ChainError) as err:
+                ex.wait(tx)
+            assert err.value.reason == STATE_CHANGED  # it passes when replayed before its block
+            assert status_of(market, second[0]) == STARTED
+
+
+async def test_outbox__revert_caused_by_its_block__sent_again(market, outbox_at, anvil, monkeypatch):
+    """A finish mined in a new epoch after an estimate in the old one, without the headroom (as it
+    was): the mined revert is the block's doing, so the outbox estimates and sends it again."""
+    gateway, outbox = outbox_at(market.gateway, "gateway"), outbox_at(market.executor, defer_delay=0.0)
+    (first, args1), (iid, args) = starts = [new_start(market) for _ in range(2)]
+    for key, start in starts:
+        gateway.enqueue("start", key, start)
+    await gateway.flush()
+    monkeypatch.setattr(client_module, "GAS_HEADROOM", 0)
+    ex = market.executor
+    _pending_before_epoch_end(market, anvil, 1)
+    ex.transact(ex.ledger.functions.finish(finish_args(first, args1)))
+    estimate = ex.estimate
+
+    def estimate_then_a_block(fn):
+        gas = estimate(fn)
+        anvil.mine(1)
+        return gas
+
+    monkeypatch.setattr(ex, "estimate", estimate_then_a_block)
+    outbox.enqueue("finish", iid, finish_args(iid, args))
+    await outbox.flush()
+    retried = outbox.status("finish", iid)
+    assert (retried.state, retried.attempts, retried.error) == ("pending", 1, STATE_CHANGED)
+    monkeypatch.setattr(ex, "estimate", estimate)
+    await outbox.flush()
+    assert outbox.status("finish", iid).state == "done"
+    assert status_of(market, iid) == FINISHED
