@@ -32,16 +32,19 @@ class Call:
 
 
 class ContractCalls:
-    """Encodes calls to one contract's view functions from its ABI."""
+    """Encodes calls to one contract's view functions from its ABI; each function's selector and
+    types are derived once, not per call."""
 
     def __init__(self, address: str, abi: list[dict]):
         self.address = address
-        self._functions = {f["name"]: f for f in abi if f.get("type") == "function"}
+        self._functions = {
+            f["name"]: (function_abi_to_4byte_selector(f), get_abi_input_types(f),
+                        tuple(get_abi_output_types(f)))
+            for f in abi if f.get("type") == "function"}
 
     def __call__(self, name: str, *args: Any) -> Call:
-        fn = self._functions[name]
-        data = function_abi_to_4byte_selector(fn) + encode(get_abi_input_types(fn), args)
-        return Call(self.address, "0x" + data.hex(), tuple(get_abi_output_types(fn)))
+        selector, inputs, outputs = self._functions[name]
+        return Call(self.address, "0x" + (selector + encode(inputs, args)).hex(), outputs)
 
 
 class AsyncRpc:

@@ -23,8 +23,8 @@ from agents.chain.client import ChainClient
 from agents.chain.deploy import Deployments
 from agents.chain.events import EventPoller
 from agents.chain.outbox import Outbox
-from agents.node import errors, executor, gateway, keeper, validator
 from agents.chain.rpc import AsyncRpc
+from agents.node import errors, executor, gateway, keeper, validator
 from agents.node.chain_view import ChainView, HotReads
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext, log
