@@ -104,7 +104,10 @@ def scores_for(validator: Engine, case: Case, output_ids) -> tuple[PrefillScores
     return PrefillScores(pf.topk_ids, pf.topk_logprobs, pf.token_logprobs, pf.token_ranks), elapsed
 
 
-def judge(validator: Engine, case: Case, pub: Published, thresholds: Thresholds, scores=None) -> Verdict:
+def judge(validator: Engine, case: Case, pub: Published, thresholds: Thresholds, scores=None,
+          resolve_outsiders: bool = True) -> Verdict:
+    """The verdict, with `Metrics.resolved` exact unless `resolve_outsiders` is off (as a node runs
+    it: the same verdict, cheaper)."""
     faults = precheck(pub.artifact, case.request.request_hash, validator.vocab_size)
     if faults:
         return Verdict(False, 0, faults)
@@ -112,7 +115,7 @@ def judge(validator: Engine, case: Case, pub: Published, thresholds: Thresholds,
     return validate(
         pub.artifact, scores, request_hash=case.request.request_hash, seed=case.seed,
         completion_tokens=pub.artifact.n, eos_id=validator.eos_id, vocab_size=validator.vocab_size,
-        thresholds=thresholds,
+        thresholds=thresholds, resolve_outsiders=resolve_outsiders,
     )
 
 
@@ -330,7 +333,7 @@ def run_cost(engines: Engines, validator: Engine, rng: random.Random, repeats: i
     """Validator compute over executor compute for the same inference on the same engine, both at
     `threads` torch threads, single requests, medians: the prefill over the output positions (what
     the validator runs), the same with the top-20 it asked for before, the prefill over every
-    position (what it ran before that), and the judging."""
+    position (what it ran before that), and the judging (as a node's validator runs it)."""
     torch.set_num_threads(threads)
     out = {}
     for length in (64, 256):
@@ -350,7 +353,7 @@ def run_cost(engines: Engines, validator: Engine, rng: random.Random, repeats: i
             all_s.append((time.perf_counter() - start) * scale)
             pub = Published(case.request, Artifact.build(case.request, case.seed, g.output_ids, g.topk_ids, g.topk_logprobs))
             start = time.perf_counter()
-            judge(validator, case, pub, DEFAULT, scores)
+            judge(validator, case, pub, DEFAULT, scores, resolve_outsiders=False)  # as a node does
             judge_s.append((time.perf_counter() - start) * scale)
         gen, pre, judged = (float(np.median(x)) for x in (gen_s, pre_s, judge_s))
         top20 = float(np.median(top20_s))

@@ -76,6 +76,31 @@ def gumbel_torch(seed: int, position: int, vocab_size: int, device: Any = "cpu")
     return -torch.log(-torch.log(u))
 
 
+def gumbel_at(seed: int, positions, token_ids):
+    """Gumbel noise of `token_ids` at `positions` (numpy int64 arrays that broadcast together), as
+    float64 numpy: a validator's noise for each position's candidates in one array operation."""
+    import numpy as np
+
+    bits = hash_bits(seed, np.asarray(positions, dtype=np.int64), np.asarray(token_ids, dtype=np.int64))
+    return -np.log(-np.log(uniform_from_bits(_top_bits(bits).astype(np.float64))))
+
+
+def gumbel_max_outside(seed: int, position: int, vocab_size: int, known) -> float:
+    """The largest noise at `position` over the token ids in [0, vocab_size) not in `known`
+    (-inf when there are none). The noise rises with the hash's top bits, so the maximum is taken
+    over integers and only one logarithm is computed."""
+    import numpy as np
+
+    top = _top_bits(hash_bits(seed, position, np.arange(vocab_size, dtype=np.int64)))
+    top[np.asarray(known, dtype=np.int64)] = -1
+    best = int(top.max(initial=-1))
+    return -math.inf if best < 0 else -math.log(-math.log(uniform_from_bits(float(best))))
+
+
+# No token's noise exceeds this: the uniform is at most 1 - 2**-25 (see `uniform_from_bits`).
+GUMBEL_MAX = -math.log(-math.log(uniform_from_bits(float((1 << _UNIFORM_BITS) - 1))))
+
+
 def gumbel_scalar(seed: int, position: int, token_id: int) -> float:
     """The noise of one token: what a validator needs to re-check a single position."""
     u = uniform_from_bits(float(_top_bits(hash_bits(seed, position, token_id))))

@@ -93,7 +93,9 @@ class Fault:
 @dataclass(frozen=True)
 class Metrics:
     n: int = 0
-    resolved: int = 0  # positions where no token can beat the executor's (see module doc)
+    # positions where no token can beat the executor's (module doc); without `resolve_outsiders`, a
+    # position that an unseen token could win with the largest possible noise counts as unresolved
+    resolved: int = 0
     ties: int = 0  # positions accepted as honest near-ties
     lp_mean: float = 0.0  # mean |executor - validator| over the executor's top-k entries
     lp_max: float = 0.0
@@ -131,10 +133,12 @@ def validate(
     eos_id: int,
     vocab_size: int,
     thresholds: Thresholds = DEFAULT,
+    resolve_outsiders: bool = False,
 ) -> Verdict:
     """The verdict on one artifact. `request_hash` and `completion_tokens` come from the chain,
     `seed` from the inference id (`noise.seed_from_inference_id`); the prefill covers exactly
-    the artifact's output positions."""
+    the artifact's output positions. `resolve_outsiders` makes `Metrics.resolved` exact (see
+    `check_sampling`) at the cost of hashing the vocabulary per position; the verdict is the same."""
     faults = precheck(artifact, request_hash, vocab_size)
     if faults:
         return Verdict(False, 0, faults)
@@ -145,15 +149,10 @@ def validate(
     if artifact.seed != seed:
         faults.append(Fault(None, "seed", f"artifact seed {artifact.seed} != inference seed {seed}"))
 
-    resolved = ties = 0
-    for t in range(artifact.n):
-        fault, outcome = check_sampling(
-            t, prefill, int(artifact.output_ids[t]), request.sampling, seed, eos_id, vocab_size, thresholds.tie_eps
-        )
-        if fault:
-            faults.append(fault)
-        resolved += outcome == "resolved"
-        ties += outcome == "tie"
+    sampling_faults, outcomes = check_sampling(prefill, artifact.output_ids, request.sampling, seed, eos_id,
+                                               vocab_size, thresholds.tie_eps, resolve_outsiders)
+    faults += sampling_faults
+    resolved, ties = outcomes.count("resolved"), outcomes.count("tie")
 
     diffs, overlap = distribution_diffs(artifact, prefill)
     for t in np.nonzero(diffs.max(axis=1) > thresholds.lp_max)[0]:
@@ -189,73 +188,97 @@ def _length_faults(output_ids: np.ndarray, completion_tokens: int, max_tokens: i
     return faults
 
 
+def sampling_noise(seed: int, prefill: PrefillScores, output_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded noise of every position's top-K candidates, (n, K), and of the executor's token
+    at each position, (n,), each in one array operation. numpy's vectorized log may differ from
+    the executor's in the last bit; `tie_eps` is some 10**12 times larger."""
+    positions = np.arange(prefill.n)
+    return (noise.gumbel_at(seed, positions[:, None], prefill.topk_ids),
+            noise.gumbel_at(seed, positions, output_ids))
+
+
 def check_sampling(
-    t: int,
     prefill: PrefillScores,
-    x: int,
+    output_ids: np.ndarray,
     params: SamplingParams,
     seed: int,
     eos_id: int,
     vocab_size: int,
     tie_eps: float,
-) -> tuple[Fault | None, str]:
-    """Judge the executor's token x at output position t: (fault or None, outcome), where outcome
-    is "fault", "resolved", "tie" (accepted near-tie) or "unresolved"."""
-    ids = prefill.topk_ids[t]
-    lps = prefill.topk_logprobs[t].astype(np.float64)
-    lp_k = float(lps[-1])  # every token outside the top-K has at most this logprob
-    inside = np.nonzero(ids == x)[0]
-    if inside.size:
-        xi = int(inside[0])
-    else:
-        ids = np.append(ids, x)
-        lps = np.append(lps, float(prefill.token_logprobs[t]))
-        xi = len(ids) - 1
+    resolve_outsiders: bool = False,
+) -> tuple[list[Fault], list[str]]:
+    """Judge the executor's token at every output position: (faults, outcome per position), an
+    outcome being "fault", "resolved", "tie" (accepted near-tie) or "unresolved".
 
-    def accuse(kind: str, detail: str) -> tuple[Fault, str]:
-        if x == eos_id:
-            kind = "early_eos"
-        return Fault(t, kind, detail), "fault"
+    Vectorized over positions: each row holds the top-K plus one column for the executor's token,
+    an inert -inf when it is inside the top-K. Only the masks are decided row by row, and only
+    when the request sets one. An unseen token may still beat a position's winner when the
+    largest noise any token can get would let it; `resolve_outsiders` then hashes the vocabulary
+    for the actual noise, which only tells "resolved" from "unresolved" (the metrics), never a
+    fault, so a node's validator leaves it off."""
+    n, k = prefill.topk_ids.shape
+    rows = np.arange(n)
+    x = np.asarray(output_ids, dtype=np.int64)
+    lps = prefill.topk_logprobs.astype(np.float64)
+    lp_k = lps[:, -1]  # every token outside the top-K has at most this logprob
+    found = prefill.topk_ids == x[:, None]
+    inside = found.any(axis=1)
+    xi = np.where(inside, found.argmax(axis=1), k)
+    ids = np.concatenate([prefill.topk_ids, x[:, None]], axis=1)
+    token_lp = np.where(inside, -math.inf, prefill.token_logprobs.astype(np.float64))
+    lps = np.concatenate([lps, token_lp[:, None]], axis=1)
+    known = k + ~inside  # candidates per row: the top-K, and the token when outside it
+    faults: list[Fault] = []
+    outcomes = ["unresolved"] * n
+
+    def accuse(t: int, kind: str, detail: str) -> None:
+        faults.append(Fault(t, "early_eos" if x[t] == eos_id else kind, detail))
+        outcomes[t] = "fault"
 
     if params.greedy:
-        best = int(np.argmax(lps))
-        margin = float(lps[best] - lps[xi])
-        if margin > tie_eps:
-            kind = "missed_eos" if ids[best] == eos_id else "sampling"
-            return accuse(kind, f"token {x} is {margin:.4f} below the greedy choice {int(ids[best])}")
-        return None, "resolved" if best == xi else "tie"
+        best = lps.argmax(axis=1)
+        margins = lps[rows, best] - lps[rows, xi]
+        for t in rows.tolist():
+            if margins[t] > tie_eps:
+                accuse(t, "missed_eos" if ids[t, best[t]] == eos_id else "sampling",
+                       f"token {x[t]} is {margins[t]:.4f} below the greedy choice {int(ids[t, best[t]])}")
+            else:
+                outcomes[t] = "resolved" if best[t] == xi[t] else "tie"
+        return faults, outcomes
 
-    temp = params.temperature
-    half = tie_eps / 2
-    n_out = vocab_size - len(ids)
-    tail = _tail_weight(lps, lp_k, n_out, temp, half, params.top_k)
-    status, outsider = _mask_status(lps, lp_k, n_out > 0, tail, params, half)
-    if status[xi] == _OUT:
-        return accuse("masked", f"token {x} is outside the top-k/top-p mask")
-    gumbel = _gumbel_of(seed, t, ids)
-    margins = (lps + temp * gumbel) - (lps[xi] + temp * gumbel[xi])  # T * (s_c - s_x)
-    margins[xi] = -math.inf
+    temp, half = params.temperature, tie_eps / 2
+    status = np.full(lps.shape, _IN)
+    outsider = np.full(n, _MAYBE)
+    if params.top_k or params.top_p < 1.0:
+        for t in rows.tolist():
+            m = known[t]
+            row = lps[t, :m]
+            tail = _tail_weight(row, float(lp_k[t]), vocab_size - m, temp, half, params.top_k)
+            status[t, :m], outsider[t] = _mask_status(row, float(lp_k[t]), vocab_size > m, tail, params, half)
+    top_noise, token_noise = sampling_noise(seed, prefill, x)
+    gumbel = np.concatenate([top_noise, token_noise[:, None]], axis=1)
+    score_x = lps[rows, xi] + temp * gumbel[rows, xi]
+    margins = (lps + temp * gumbel) - score_x[:, None]  # T * (s_c - s_x)
+    margins[rows, xi] = -math.inf
     beaten_by = np.where(status == _IN, margins, -math.inf)
-    c = int(np.argmax(beaten_by))
-    if beaten_by[c] > tie_eps:
-        kind = "missed_eos" if ids[c] == eos_id else "sampling"
-        return accuse(kind, f"token {x} scores {beaten_by[c]:.4f} below token {int(ids[c])}")
-    closest = float(np.where(status != _OUT, margins, -math.inf).max())
-    if status[xi] != _IN or closest > tie_eps:
-        return None, "unresolved"
-    if n_out > 0 and outsider != _OUT:
-        g = noise.gumbel_numpy(seed, t, vocab_size)
-        g[ids] = -math.inf
-        if lp_k + temp * float(g.max()) - (lps[xi] + temp * gumbel[xi]) > tie_eps:
-            return None, "unresolved"
-    return None, "tie" if closest > 0 else "resolved"
-
-
-def _gumbel_of(seed: int, t: int, ids: np.ndarray) -> np.ndarray:
-    """`noise.gumbel_scalar` for each id, hashing them as one array: the same bits, and the same
-    math.log, so the same floats."""
-    u = noise.uniform_from_bits(noise._top_bits(noise.hash_bits(seed, t, ids.astype(np.int64))).astype(np.float64))
-    return np.array([-math.log(-math.log(x)) for x in u.tolist()])
+    c = beaten_by.argmax(axis=1)
+    closest = np.where(status != _OUT, margins, -math.inf).max(axis=1)
+    # an unseen token (logprob <= lp_k) that could still win, first with the largest possible noise
+    reachable = (vocab_size > known) & (outsider != _OUT) & (lp_k + temp * noise.GUMBEL_MAX - score_x > tie_eps)
+    for t in rows.tolist():
+        if status[t, xi[t]] == _OUT:
+            accuse(t, "masked", f"token {x[t]} is outside the top-k/top-p mask")
+        elif beaten_by[t, c[t]] > tie_eps:
+            accuse(t, "missed_eos" if ids[t, c[t]] == eos_id else "sampling",
+                   f"token {x[t]} scores {beaten_by[t, c[t]]:.4f} below token {int(ids[t, c[t]])}")
+        elif status[t, xi[t]] != _IN or closest[t] > tie_eps:
+            pass  # unresolved
+        elif reachable[t] and not (resolve_outsiders and lp_k[t] + temp * noise.gumbel_max_outside(
+                seed, t, vocab_size, ids[t, :known[t]]) - score_x[t] <= tie_eps):
+            pass  # unresolved: an unseen token may win, or was not checked
+        else:
+            outcomes[t] = "tie" if closest[t] > 0 else "resolved"
+    return faults, outcomes
 
 
 def _tail_weight(lps: np.ndarray, lp_k: float, n_out: int, temp: float, half: float, top_k: int) -> float:

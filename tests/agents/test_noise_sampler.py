@@ -43,6 +43,16 @@ def test_noise__whole_vocab__numpy_equals_torch():
         assert np.argmax(a) == np.argmax(b)
 
 
+def test_gumbel_max_outside__the_masked_vocabulary_maximum():
+    g = noise.gumbel_numpy(7, 3, 4096)
+    best = np.argsort(-g)
+    assert noise.gumbel_max_outside(7, 3, 4096, []) == pytest.approx(g.max(), abs=GUMBEL_ULPS)
+    assert noise.gumbel_max_outside(7, 3, 4096, best[:10]) == pytest.approx(g[best[10]], abs=GUMBEL_ULPS)
+    assert noise.gumbel_max_outside(7, 3, 4, [0, 1, 2, 3]) == -np.inf
+    # no token's noise reaches the bound the validator tries first
+    assert g.max() < noise.GUMBEL_MAX == pytest.approx(17.3287, abs=1e-4)
+
+
 def test_noise__seed_out_of_range__raises():
     with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64\), got -1"):
         noise.gumbel_scalar(-1, 0, 0)

@@ -18,7 +18,8 @@ from agents.verification.artifact import LP_FLOOR, Artifact
 from agents.verification.calibration import ARTIFACT_TOP_K, DEFAULT, Thresholds
 from agents.verification.sampler import SamplingParams, sample_numpy
 from agents.verification.validator import (
-    _IN, _MAYBE, _OUT, PrefillScores, _gumbel_of, _mask_status, check_sampling, distribution_diffs, validate,
+    _IN, _MAYBE, _OUT, PrefillScores, _mask_status, check_sampling, distribution_diffs, sampling_noise,
+    validate,
 )
 
 V, EOS, BOS = 256, 0, 1
@@ -289,6 +290,14 @@ def test_prefill_wrong_length__raises():
                  completion_tokens=a.n, eos_id=EOS, vocab_size=V)
 
 
+def _check(pf: PrefillScores, x: int, params: SamplingParams, vocab_size: int):
+    """check_sampling's (fault or None, outcome) for a one-position prefill, with the unseen
+    tokens' noise checked, as the benchmark does."""
+    faults, outcomes = check_sampling(pf, np.array([x]), params, SEED, EOS, vocab_size, DEFAULT.tie_eps,
+                                      resolve_outsiders=True)
+    return (faults[0] if faults else None), outcomes[0]
+
+
 def _two_token_prefill(lp_a, lp_b, a=10, b=11) -> PrefillScores:
     """One position where only tokens a and b matter; the rest of the top-K is far below."""
     ids = np.array([[a, b] + list(range(20, 38))])
@@ -303,7 +312,7 @@ def test_near_tie__within_eps_accepted_beyond_eps_accused(gap, expect):
     ga, gb = noise.gumbel_scalar(SEED, 0, 10), noise.gumbel_scalar(SEED, 0, 11)
     lp_b = -0.7
     lp_a = lp_b + gb - ga - gap
-    fault, outcome = check_sampling(0, _two_token_prefill(lp_a, lp_b), 10, SamplingParams(1.0), SEED, EOS, 38, DEFAULT.tie_eps)
+    fault, outcome = _check(_two_token_prefill(lp_a, lp_b), 10, SamplingParams(1.0), 38)
     assert outcome == expect
     assert (fault is None) == (expect != "fault")
     if fault:
@@ -318,11 +327,24 @@ def test_outsider_could_win__position_unresolved_not_accused():
     pf = PrefillScores(ids[None], lps[None], np.array([0.0]), np.array([1]))
     winner = int(np.argmax(lps + [noise.gumbel_scalar(SEED, 0, int(i)) for i in ids]))
     pf = replace(pf, token_logprobs=np.array([lps[winner]]))
-    assert check_sampling(0, pf, winner, SamplingParams(1.0), SEED, EOS, 50_000, DEFAULT.tie_eps) == (None, "unresolved")
+    assert _check(pf, winner, SamplingParams(1.0), 50_000) == (None, "unresolved")
     # the same position with a vocabulary of exactly the known tokens is resolved
-    assert check_sampling(0, pf, winner, SamplingParams(1.0), SEED, EOS, 20, DEFAULT.tie_eps) == (None, "resolved")
+    assert _check(pf, winner, SamplingParams(1.0), 20) == (None, "resolved")
     # and greedy decoding never depends on the unseen tokens
-    assert check_sampling(0, pf, 0, SamplingParams(0.0), SEED, EOS, 50_000, DEFAULT.tie_eps) == (None, "resolved")
+    assert _check(pf, 0, SamplingParams(0.0), 50_000) == (None, "resolved")
+
+
+def test_resolve_outsiders__only_the_metric_changes():
+    """An unseen token could win only with far more noise than any of them actually has: without
+    hashing the vocabulary the position stays unresolved, with it it is resolved; neither accuses."""
+    ids = np.arange(20)
+    lps = np.array([-0.01] + [-12.0] * 19)
+    pf = PrefillScores(ids[None], lps[None], np.array([-0.01]), np.array([1]))
+    g0 = noise.gumbel_scalar(SEED, 0, 0)
+    assert -12.0 + noise.GUMBEL_MAX > -0.01 + g0 > -12.0 + noise.gumbel_max_outside(SEED, 0, 4096, ids)
+    assert _check(pf, 0, SamplingParams(1.0), 4096) == (None, "resolved")
+    faults, outcomes = check_sampling(pf, np.array([0]), SamplingParams(1.0), SEED, EOS, 4096, DEFAULT.tie_eps)
+    assert (faults, outcomes) == ([], ["unresolved"])
 
 
 @pytest.mark.parametrize("top_p, expect, outsider", [
@@ -410,7 +432,12 @@ def test_distribution_diffs__vectorized_equals_the_per_position_loop(case):
     assert case == "honest" or diffs.max() > 0.01  # the non-honest cases do exercise the big branches
 
 
-def test_gumbel_of__the_same_floats_as_gumbel_scalar():
-    ids = np.array([0, 1, 7, 255, 4095, 2**31 - 1])
-    for seed, t in [(SEED, 0), (1, 17), (2**64 - 1, 255)]:
-        assert _gumbel_of(seed, t, ids).tolist() == [noise.gumbel_scalar(seed, t, int(i)) for i in ids]
+def test_sampling_noise__each_positions_candidates_and_token__as_gumbel_scalar():
+    ids = np.array([[0, 1, 7], [255, 4095, 2**31 - 1]])
+    pf = PrefillScores(ids, np.zeros((2, 3)), np.zeros(2), np.ones(2, np.int64))
+    for seed in (SEED, 1, 2**64 - 1):
+        top, token = sampling_noise(seed, pf, np.array([9, 4095]))
+        assert top.shape == (2, 3) and token.shape == (2,)
+        for t in range(2):
+            assert top[t].tolist() == pytest.approx([noise.gumbel_scalar(seed, t, int(i)) for i in ids[t]], abs=1e-12)
+        assert token.tolist() == pytest.approx([noise.gumbel_scalar(seed, 0, 9), noise.gumbel_scalar(seed, 1, 4095)], abs=1e-12)
