@@ -299,6 +299,28 @@ def _tail_weight(lps: np.ndarray, lp_k: float, n_out: int, temp: float, half: fl
     return min(by_count, by_mass) * math.exp(half / temp)
 
 
+class _Sorted:
+    """One row's logprobs in ascending order, to count the candidates above a bound by bisection
+    instead of comparing every pair: a position's masks cost O(K log K), not O(K^2)."""
+
+    def __init__(self, lps: np.ndarray):
+        self.order = np.argsort(lps, kind="stable")
+        self.values = lps[self.order]
+        self.m = len(lps)
+
+    def above(self, bound: np.ndarray) -> np.ndarray:
+        """How many logprobs exceed each bound."""
+        return self.m - np.searchsorted(self.values, bound, side="right")
+
+    def at_least(self, bound: np.ndarray) -> np.ndarray:
+        """How many logprobs reach each bound."""
+        return self.m - np.searchsorted(self.values, bound, side="left")
+
+    def top_sums(self, weights: np.ndarray) -> np.ndarray:
+        """sums[i]: the sum of `weights` over the i largest logprobs (i = 0..m)."""
+        return np.concatenate([[0.0], np.cumsum(weights[self.order][::-1])])
+
+
 def _mask_status(
     lps: np.ndarray, lp_k: float, has_out: bool, tail: float, params: SamplingParams, half: float
 ) -> tuple[np.ndarray, int]:
@@ -308,44 +330,47 @@ def _mask_status(
     m = len(lps)
     status = np.full(m, _IN)
     outsider = _MAYBE
+    ranked = _Sorted(lps)
     if params.top_k:
-        others = ~np.eye(m, dtype=bool)
-        surely_above = ((lps[None, :] - lps[:, None] > 2 * half) & others).sum(axis=1)
-        could_above = ((lps[None, :] - lps[:, None] >= -2 * half) & others).sum(axis=1)
+        surely_above = ranked.above(lps + 2 * half)
+        could_above = ranked.at_least(lps - 2 * half) - 1  # less the candidate itself
         # tokens outside the known set may rank above c only if c is within reach of lp_k
         could_above = could_above + np.where(has_out & (lp_k >= lps - 2 * half), params.top_k, 0)
         status = np.where(
             surely_above >= params.top_k, _OUT, np.where(could_above < params.top_k, _IN, _MAYBE)
         )
-        if (lps - lp_k > 2 * half).sum() >= params.top_k:
+        if ranked.above(lp_k + 2 * half) >= params.top_k:
             outsider = _OUT
     if params.top_p < 1.0:
         # every known candidate and, last, an outsider, all against the top-k statuses
-        top_p = _top_p_status(lps, np.append(lps, lp_k), np.append(np.arange(m), -1), lp_k, has_out,
-                              tail, status, params, half)
+        top_p = _top_p_status(lps, ranked, lp_k, has_out, tail, status, params, half)
         status = np.minimum(status, top_p[:m])
         outsider = min(outsider, int(top_p[m]))
     return status, outsider
 
 
-def _top_p_status(lps, lp_c, c, lp_k, has_out, tail, topk_status, params, half) -> np.ndarray:
-    """Per candidate r (logprob lp_c[r], index c[r] in lps, -1 for a token outside the known set):
+def _top_p_status(lps, ranked: _Sorted, lp_k, has_out, tail, topk_status, params, half) -> np.ndarray:
+    """Per candidate (each known one, then a token outside the known set with logprob lp_k):
     bounds on the mass ranked before it in the distribution the top-k mask leaves, as a status.
-    One (candidates x known) matrix: a loop over candidates cost O(K) numpy calls per position."""
+    Each bound is a sum over the candidates above (or below) a logprob bound, so it is read from
+    prefix sums over the sorted row."""
     temp = params.temperature
     top = float(lps.max())
-    w_lo = np.exp((lps - half - top) / temp)
-    w_hi = np.exp((lps + half - top) / temp)
-    not_c = np.arange(len(lps))[None, :] != c[:, None]
-    could_above = not_c & (lps[None, :] >= lp_c[:, None] - 2 * half)
-    surely_above = not_c & (lps[None, :] > lp_c[:, None] + 2 * half)
     kept = topk_status == _IN
     maybe_kept = topk_status != _OUT
+    w_lo = np.where(kept, np.exp((lps - half - top) / temp), 0.0)
+    w_hi = np.where(maybe_kept, np.exp((lps + half - top) / temp), 0.0)
+    lo_sums, hi_sums = ranked.top_sums(w_lo), ranked.top_sums(w_hi)
+    lp_c = np.append(lps, lp_k)
+    # the candidate's own weight is among those that could rank above it, and never above it
+    own_lo, own_hi = np.append(w_lo, 0.0), np.append(w_hi, 0.0)
+    could = ranked.at_least(lp_c - 2 * half)  # could rank above c (with c itself)
+    surely = ranked.above(lp_c + 2 * half)  # surely rank above c
     out_above = has_out & (lp_k >= lp_c - 2 * half)
-    a_hi = np.where(could_above & maybe_kept, w_hi, 0.0).sum(axis=1) + np.where(out_above, tail, 0.0)
-    b_lo = np.where(kept & ~could_above, w_lo, 0.0).sum(axis=1)
-    a_lo = np.where(surely_above & kept, w_lo, 0.0).sum(axis=1)
-    b_hi = np.where(~surely_above & maybe_kept, w_hi, 0.0).sum(axis=1) + (tail if has_out else 0.0)
+    a_hi = np.maximum(hi_sums[could] - own_hi, 0.0) + np.where(out_above, tail, 0.0)
+    b_lo = lo_sums[-1] - lo_sums[could] + own_lo
+    a_lo = lo_sums[surely]
+    b_hi = hi_sums[-1] - hi_sums[surely] + (tail if has_out else 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         mass_hi = np.where(a_hi + b_lo > 0, a_hi / (a_hi + b_lo), 1.0)
         mass_lo = np.where(a_lo + b_hi > 0, a_lo / (a_lo + b_hi), 0.0)

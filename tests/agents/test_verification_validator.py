@@ -441,3 +441,58 @@ def test_sampling_noise__each_positions_candidates_and_token__as_gumbel_scalar()
         for t in range(2):
             assert top[t].tolist() == pytest.approx([noise.gumbel_scalar(seed, t, int(i)) for i in ids[t]], abs=1e-12)
         assert token.tolist() == pytest.approx([noise.gumbel_scalar(seed, 0, 9), noise.gumbel_scalar(seed, 1, 4095)], abs=1e-12)
+
+
+def _pairwise_mask_status(lps, lp_k, has_out, tail, params, half):
+    """The mask statuses by comparing every pair of candidates: the definition that
+    `_mask_status` computes by bisection over the sorted row."""
+    m = len(lps)
+    status, outsider = np.full(m, _IN), _MAYBE
+    others = ~np.eye(m, dtype=bool)
+    if params.top_k:
+        surely = ((lps[None, :] - lps[:, None] > 2 * half) & others).sum(axis=1)
+        could = ((lps[None, :] - lps[:, None] >= -2 * half) & others).sum(axis=1)
+        could = could + np.where(has_out & (lp_k >= lps - 2 * half), params.top_k, 0)
+        status = np.where(surely >= params.top_k, _OUT, np.where(could < params.top_k, _IN, _MAYBE))
+        if (lps - lp_k > 2 * half).sum() >= params.top_k:
+            outsider = _OUT
+    if params.top_p < 1.0:
+        temp, top = params.temperature, lps.max()
+        w_lo, w_hi = np.exp((lps - half - top) / temp), np.exp((lps + half - top) / temp)
+        lp_c, c = np.append(lps, lp_k), np.append(np.arange(m), -1)
+        not_c = np.arange(m)[None, :] != c[:, None]
+        could = not_c & (lps[None, :] >= lp_c[:, None] - 2 * half)
+        surely = not_c & (lps[None, :] > lp_c[:, None] + 2 * half)
+        kept, maybe = status == _IN, status != _OUT
+        out_above = has_out & (lp_k >= lp_c - 2 * half)
+        a_hi = np.where(could & maybe, w_hi, 0.0).sum(axis=1) + np.where(out_above, tail, 0.0)
+        b_lo = np.where(kept & ~could, w_lo, 0.0).sum(axis=1)
+        a_lo = np.where(surely & kept, w_lo, 0.0).sum(axis=1)
+        b_hi = np.where(~surely & maybe, w_hi, 0.0).sum(axis=1) + (tail if has_out else 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            hi = np.where(a_hi + b_lo > 0, a_hi / (a_hi + b_lo), 1.0)
+            lo = np.where(a_lo + b_hi > 0, a_lo / (a_lo + b_hi), 0.0)
+        top_p = np.where(lo >= params.top_p, _OUT, np.where(hi < params.top_p, _IN, _MAYBE))
+        status, outsider = np.minimum(status, top_p[:m]), min(outsider, int(top_p[m]))
+    return status, outsider
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_mask_status__bisection_equals_pairwise_definition(seed):
+    """Random rows with exact ties and near-ties at the 2*half boundary, every mask setting."""
+    rng = np.random.default_rng(seed)
+    half = DEFAULT.tie_eps / 2
+    m = int(rng.integers(2, 40))
+    lps = np.sort(rng.normal(-4.0, 2.0, m))[::-1]
+    lps[rng.integers(0, m, 3)] = lps[0]  # ties
+    lps[rng.integers(0, m)] = lps[1] - 2 * half * rng.choice([0.5, 1.0, 1.5])  # near-ties
+    lps = lps - np.log(np.exp(lps).sum() * rng.uniform(1.0, 1.5))  # some mass left outside
+    if rng.random() < 0.5:
+        lps = np.append(lps, lps[-1] - rng.uniform(0, 3))  # the executor's token, outside the top-K
+    lp_k, has_out = float(lps[:m].min()), bool(rng.random() < 0.8)
+    for top_k, top_p in [(3, 1.0), (0, 0.9), (int(rng.integers(1, m + 2)), float(rng.uniform(0.3, 1.0)))]:
+        params = SamplingParams(float(rng.choice([0.5, 0.7, 1.0, 1.3])), top_p, top_k)
+        tail = float(rng.uniform(0, 0.2)) if has_out else 0.0
+        status, outsider = _mask_status(lps, lp_k, has_out, tail, params, half)
+        expected, expected_outsider = _pairwise_mask_status(lps, lp_k, has_out, tail, params, half)
+        assert status.tolist() == expected.tolist() and outsider == expected_outsider
