@@ -26,6 +26,10 @@ class TtlCache:
         # one load per key at a time: concurrent requests wait for it rather than repeat it
         self._loading: dict[Hashable, asyncio.Future] = {}
 
+    def put(self, key: Hashable, value: Any) -> None:
+        """Store a value read elsewhere (a batch that read several entries at once), as of now."""
+        self._entries[key] = (self._clock(), value)
+
     async def get(self, key: Hashable, load: Callable[[], Awaitable[T]],
                   fresh: Callable[[T], bool] = lambda _: True) -> T:
         """The cached value if younger than `ttl` and `fresh(value)`, else what `load()` returns."""

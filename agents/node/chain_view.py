@@ -3,8 +3,8 @@
 `ChainView`'s calls are synchronous web3; async handlers run them with `asyncio.to_thread`. Reads
 use a Web3 of their own without the default middleware: its validation layer asks the node for the
 chain id twice per call, which triples the round trips of every view. `HotReads` makes the reads
-that requests wait on (the head, the members and stakes, a gateway's admission) as JSON-RPC posted
-from the event loop (agents.chain.rpc says why). Nothing here signs or sends, and the ChainClient
+that requests wait on (the head, the served model with its members and their records, a
+gateway's admission) as JSON-RPC posted from the event loop (agents.chain.rpc says why). Nothing here signs or sends, and the ChainClient
 checked the chain id when it connected.
 """
 
@@ -52,6 +52,12 @@ class ParticipantInfo:
     model_id: bytes
     url: str
     active: bool
+
+
+def participant_info(record) -> ParticipantInfo:
+    """From `Registry.participant`'s (stake, reputation, model_id, url, active, exit_block)."""
+    stake, reputation, model_id, url, active, _exit_block = record
+    return ParticipantInfo(stake, reputation, bytes(model_id), url, active)
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,15 @@ class Members:
 
 
 @dataclass(frozen=True)
+class ModelSnapshot:
+    """A model's registry record, its members in draw order with their stakes, and the members'
+    participant records, all at one block."""
+    model: Model
+    members: Members
+    participants: tuple[ParticipantInfo, ...]  # in the order of members.addresses
+
+
+@dataclass(frozen=True)
 class AdmissionReads:
     """What a gateway reads before it accepts a request, in one batch of calls."""
     status: int  # of the inference: NONE unless it was started already (through any gateway)
@@ -175,9 +190,7 @@ class ChainView:
         return Model(*self.registry.functions.model(model_id).call())
 
     def participant(self, address: str) -> ParticipantInfo:
-        stake, reputation, model_id, url, active, _exit_block = (
-            self.registry.functions.participant(to_checksum_address(address)).call())
-        return ParticipantInfo(stake, reputation, model_id, url, active)
+        return participant_info(self.registry.functions.participant(to_checksum_address(address)).call())
 
     def escrow_of(self, client: str) -> int:
         return self.ledger.functions.escrowOf(to_checksum_address(client)).call()
@@ -282,12 +295,22 @@ class HotReads:
         self.view.remember(number, block_hash)  # the executor's draw needs the seed block's hash
         return Head(number, block_hash)
 
-    async def members(self, model_id: bytes, block: int) -> Members:
-        """The model's members and their stakes, both at `block`: two round trips."""
-        [(addresses,)] = await self.rpc.calls([self.registry("participantsOf", model_id)], block)
-        calls = [self.registry("stakeOf", a) for a in addresses]
-        stakes = await self.rpc.calls(calls, block) if calls else []
-        return Members(tuple(map(to_checksum_address, addresses)), tuple(s for (s,) in stakes))
+    async def snapshot(self, model_id: bytes, block: int) -> ModelSnapshot:
+        """The model, its members and their records, all at `block`: two round trips."""
+        (addresses,), (model,) = await self.rpc.calls(
+            [self.registry("participantsOf", model_id), self.registry("model", model_id)], block)
+        calls = [self.registry("participant", a) for a in addresses]
+        infos = tuple(participant_info(r) for (r,) in await self.rpc.calls(calls, block)) if calls else ()
+        members = Members(tuple(map(to_checksum_address, addresses)), tuple(i.stake for i in infos))
+        return ModelSnapshot(Model(*model), members, infos)
+
+    async def model(self, model_id: bytes) -> Model:
+        [(model,)] = await self.rpc.calls([self.registry("model", model_id)])
+        return Model(*model)
+
+    async def participant(self, address: str) -> ParticipantInfo:
+        [(record,)] = await self.rpc.calls([self.registry("participant", to_checksum_address(address))])
+        return participant_info(record)
 
     async def validator_fee_bps(self) -> int:
         """The Ledger's fee share per validator, immutable: read once."""

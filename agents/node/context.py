@@ -67,11 +67,11 @@ class NodeContext:
     # cached reads (agents.node.cache says why each is safe to cache) ------------------------
 
     async def model(self, mid: bytes) -> Model:
-        return await self.cache.get(("model", mid), lambda: self.read(self.chain.model, mid))
+        return await self.cache.get(("model", mid), lambda: self.reads.model(mid))
 
     async def participant(self, address: str) -> ParticipantInfo:
         return await self.cache.get(("participant", address.lower()),
-                                    lambda: self.read(self.chain.participant, address))
+                                    lambda: self.reads.participant(address))
 
     async def head(self, at_least: int = 0) -> Head:
         """A recent head, at most `chain_cache_ttl` old and at least block `at_least`."""
@@ -85,13 +85,19 @@ class NodeContext:
         return members
 
     async def _read_members(self, at_least: int) -> tuple[int, Members]:
+        """The members, with the served model and the members' records cached alongside: the
+        follower's refresh then keeps every registry read of the request path cached."""
         head = await self.head(at_least)
-        return head.number, await self.reads.members(self.model_id, head.number)
+        snapshot = await self.reads.snapshot(self.model_id, head.number)
+        self.cache.put(("model", self.model_id), snapshot.model)
+        for address, info in zip(snapshot.members.addresses, snapshot.participants):
+            self.cache.put(("participant", address.lower()), info)
+        return head.number, snapshot.members
 
     async def follow_head(self, stop: asyncio.Event) -> None:
-        """Reload the head every `head_refresh` seconds, and the members when it moved or half
-        their TTL has passed, so the request path finds them (and the hash that seeds the draw)
-        cached, never expired."""
+        """Reload the head every `head_refresh` seconds, and the members (with the served model and
+        their records) when it moved or half their TTL has passed, so the request path finds them
+        (and the hash that seeds the draw) cached, never expired."""
         members_at = (-1, -math.inf)  # (head block, monotonic time) of the last members load
         while not stop.is_set():
             try:

@@ -36,7 +36,9 @@ from agents.client.sdk import NulliusClient, NulliusError
 from agents.node import gateway
 from agents.node.app import create_app
 from agents.chain.rpc import AsyncRpc
-from agents.node.chain_view import FINISHED, VALIDATED, ZERO_ADDRESS, ChainView, HotReads, Members
+from agents.node.chain_view import (
+    FINISHED, VALIDATED, ZERO_ADDRESS, ChainView, HotReads, Members, ModelSnapshot,
+)
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext
 from agents.node.state import NodeState
@@ -502,16 +504,21 @@ def test_in_flight_locks__only_starts_not_yet_landed_count(tmp_path):
     assert gateway.in_flight_locks(ctx, "0x" + "cd" * 20) == 0
 
 
-async def _members(net: Net, view: ChainView) -> Members:
+async def _model_snapshot(net: Net, view: ChainView) -> ModelSnapshot:
     async with httpx.AsyncClient() as http:
         reads = HotReads(view, AsyncRpc(http, net.rpc_url))
-        return await reads.members(model_id(MODEL), (await reads.head()).number)
+        return await reads.snapshot(model_id(MODEL), (await reads.head()).number)
 
 
 def test_members_draw__same_pick_as_the_registry(net):
     view = ChainView(net.gov)
-    members = asyncio.run(_members(net, view))
+    snapshot = asyncio.run(_model_snapshot(net, view))
+    members = snapshot.members
     assert len(members.addresses) == len(net.nodes)
+    # the raw JSON-RPC reads decode as web3 does
+    assert snapshot.model == view.model(model_id(MODEL))
+    assert snapshot.participants == tuple(view.participant(a) for a in members.addresses)
+    assert members.stakes == tuple(p.stake for p in snapshot.participants)
     for i in range(64):
         seed = keccak(i.to_bytes(32, "big"))
         assert members.draw(seed) == view.registry.functions.drawExecutor(model_id(MODEL), seed).call()

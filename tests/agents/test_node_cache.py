@@ -9,7 +9,7 @@ import asyncio
 from eth_account import Account
 
 from agents.node.cache import TtlCache
-from agents.node.chain_view import Head, Members
+from agents.node.chain_view import Head, Members, Model, ModelSnapshot, ParticipantInfo
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext
 from agents.node.metrics import NodeMetrics
@@ -103,20 +103,35 @@ async def test_get__zero_ttl__always_reloads():
 
 # ------------------------------------------------------------------ the node's head follower
 
+MEMBER = "0x" + "aa" * 20
+SERVED = Model("nullius/ref-tiny", b"\x01" * 32, 7, True)
+RECORD = ParticipantInfo(1, 0, b"\x02" * 32, "http://member", True)
+
+
 class StandInReads:
-    """Chain reads stood in for: a head that moves one block per read, fixed members."""
+    """Chain reads stood in for: a head that moves one block per read, a fixed model with one
+    member; single registry reads are counted."""
 
     def __init__(self):
         self.number = 10
         self.member_reads: list[int] = []
+        self.single_reads: list[str] = []
 
     async def head(self) -> Head:
         self.number += 1
         return Head(self.number, self.number.to_bytes(32, "big"))
 
-    async def members(self, model_id: bytes, block: int) -> Members:
+    async def snapshot(self, model_id: bytes, block: int) -> ModelSnapshot:
         self.member_reads.append(block)
-        return Members(("0x" + "aa" * 20,), (1,))
+        return ModelSnapshot(SERVED, Members((MEMBER,), (1,)), (RECORD,))
+
+    async def model(self, model_id: bytes) -> Model:
+        self.single_reads.append("model")
+        return SERVED
+
+    async def participant(self, address: str) -> ParticipantInfo:
+        self.single_reads.append(address)
+        return ParticipantInfo(0, 0, b"\0" * 32, "", False)
 
 
 def _context(reads: StandInReads) -> NodeContext:
@@ -137,8 +152,26 @@ async def test_follow_head__keeps_head_and_members_fresh_for_requests():
     head = await ctx.head()  # served from the cache: no read
     assert head.number == chain.number > 12  # refreshed many times despite a 60 s TTL
     assert chain.member_reads[-1] == head.number  # members re-read at each new head
-    assert (await ctx.members()).addresses == ("0x" + "aa" * 20,)
+    assert (await ctx.members()).addresses == (MEMBER,)
     assert chain.number == head.number  # neither call above read the chain
+
+
+async def test_follow_head__caches_the_served_model_and_the_members_records():
+    chain = StandInReads()
+    ctx = _context(chain)
+    stop = asyncio.Event()
+    follower = asyncio.create_task(ctx.follow_head(stop))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await follower
+    assert await ctx.model(ctx.model_id) == SERVED
+    assert await ctx.participant(MEMBER.upper().replace("0X", "0x")) == RECORD
+    assert chain.single_reads == []  # both from the follower's snapshot
+    # a participant outside the model is read on its own, once
+    other = "0x" + "bb" * 20
+    assert (await ctx.participant(other)).active is False
+    assert (await ctx.participant(other)).active is False
+    assert chain.single_reads == [other]
 
 
 async def test_head__older_than_needed__read_again():
