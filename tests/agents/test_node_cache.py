@@ -141,14 +141,20 @@ def _context(reads: StandInReads) -> NodeContext:
                        metrics=NodeMetrics(), domain=None)
 
 
-async def test_follow_head__keeps_head_and_members_fresh_for_requests():
-    chain = StandInReads()
+async def _followed(chain: StandInReads, seconds: float) -> NodeContext:
+    """A node context whose head follower ran for `seconds`."""
     ctx = _context(chain)
     stop = asyncio.Event()
     follower = asyncio.create_task(ctx.follow_head(stop))
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(seconds)
     stop.set()
     await follower
+    return ctx
+
+
+async def test_follow_head__keeps_head_and_members_fresh_for_requests():
+    chain = StandInReads()
+    ctx = await _followed(chain, 0.1)
     head = await ctx.head()  # served from the cache: no read
     assert head.number == chain.number > 12  # refreshed many times despite a 60 s TTL
     assert chain.member_reads[-1] == head.number  # members re-read at each new head
@@ -158,12 +164,7 @@ async def test_follow_head__keeps_head_and_members_fresh_for_requests():
 
 async def test_follow_head__caches_the_served_model_and_the_members_records():
     chain = StandInReads()
-    ctx = _context(chain)
-    stop = asyncio.Event()
-    follower = asyncio.create_task(ctx.follow_head(stop))
-    await asyncio.sleep(0.05)
-    stop.set()
-    await follower
+    ctx = await _followed(chain, 0.05)
     assert await ctx.model(ctx.model_id) == SERVED
     assert await ctx.participant(MEMBER.upper().replace("0X", "0x")) == RECORD
     assert chain.single_reads == []  # both from the follower's snapshot
