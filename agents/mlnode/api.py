@@ -7,6 +7,7 @@ Engine work runs in the thread pool so the event loop keeps answering /health an
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from agents.mlnode.serving import APIError, OpenAIServing
 
 # 64 messages of 16 KiB each fit with room to spare; anything larger is refused unread
 MAX_BODY_BYTES = 2 * 1024 * 1024
+SWITCH_INTERVAL_S = 0.0005  # the GIL's, see `main`
 
 router = APIRouter()
 
@@ -138,6 +140,10 @@ def create_app(model_dir: str | Path, served_name: str | None = None,
 def main(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
          served_name: str | None = None, threads: int | None = None) -> None:
     """Serve `model_dir`; `served_name` overrides the advertised name, never the spec_hash."""
+    # A validation's response (tens of milliseconds of Python building top-256 prompt_logprobs)
+    # and a generation's per-token steps share the GIL: with the default 5 ms interval each
+    # token of a concurrent generation could wait that long for it.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     # idle connections outlive httpx's 5 s keep-alive expiry, so the caller closes them first
     # (agents/node/app.py says why)
     uvicorn.run(create_app(model_dir, served_name, threads), host=host, port=port,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from agents.node import errors, executor, gateway, keeper, validator
 from agents.node.chain_view import ChainView, HotReads
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext, log
+from agents.node.judging import judging_pool
 from agents.node.metrics import NodeMetrics
 from agents.node.state import NodeState
 from agents.protocol.eip712 import Domain
@@ -59,6 +61,7 @@ def build_context(settings: NodeSettings) -> NodeContext:
         http=http,
         metrics=NodeMetrics(),
         domain=Domain(deployments.chain_id, deployments.ledger),
+        judging=judging_pool(),
     )
 
 
@@ -113,6 +116,7 @@ def create_app(settings: NodeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         stop = asyncio.Event()
+        ctx.judging.submit(os.getpid)  # start the judging process now, not at the first validation
         tasks = [asyncio.create_task(ctx.outbox.run(stop), name="outbox"),
                  *(asyncio.create_task(poller.run(handlers[name], stop, settings.poll_interval),
                                        name=f"events:{name}") for name, poller in pollers.items()),
@@ -129,6 +133,7 @@ def create_app(settings: NodeSettings) -> FastAPI:
                 poller.close()
             ctx.outbox.close()
             ctx.state.close()
+            ctx.judging.shutdown(cancel_futures=True)
 
     app = FastAPI(title="Nullius participant node", lifespan=lifespan)
     app.state.ctx = ctx
@@ -192,9 +197,9 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 def run(settings: NodeSettings) -> None:
     configure_logging()
-    # The event loop shares the GIL with the worker threads of chain reads, the outbox and the
-    # validator's parsing; a thread that wants the GIL waits up to this interval for it (5 ms by
-    # default), and each step of a request that waited so added up to tens of milliseconds.
+    # The event loop shares the GIL with the worker threads of chain reads and the outbox; a
+    # thread that wants the GIL waits up to this interval for it (5 ms by default), and each step
+    # of a request that waited so added up to tens of milliseconds.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
                 timeout_keep_alive=KEEP_ALIVE_S)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine, TypeVar
 
@@ -36,6 +37,9 @@ class NodeContext:
     http: httpx.AsyncClient
     metrics: NodeMetrics
     domain: Domain
+    # where a validation's parse and checks run: the judging process (agents.node.judging) in a
+    # node; None, the event loop's default thread pool, where a test builds a context
+    judging: Executor | None = None
     cache: TtlCache = field(init=False)
     # work detached from a request (see `spawn`), awaited at shutdown
     background: set[asyncio.Task] = field(init=False, default_factory=set)

@@ -15,6 +15,7 @@ deadline.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from agents.artifacts.cid import cid_from_digest
@@ -22,11 +23,10 @@ from agents.artifacts.fetch import fetch_artifact
 from agents.artifacts.store import ArtifactError
 from agents.node.chain_view import DISPUTED, FINISHED, VALIDATED, ZERO_ADDRESS, InferenceInfo
 from agents.node.context import NodeContext, log
-from agents.node.model_client import (PREFILL_TOP, ModelSpec, model_spec, prefill,
-                                      prompt_logprobs, tokenize)
+from agents.node.judging import verdict_of
+from agents.node.model_client import model_spec, prefill, tokenize
 from agents.verification.artifact import Artifact, ArtifactError as FormatError
-from agents.verification.noise import seed_from_inference_id
-from agents.verification.validator import PrefillScores, Verdict, precheck, validate
+from agents.verification.validator import precheck
 
 ROLE, JURY = "validate", "vote"
 MAX_LOGGED_FAULTS = 10
@@ -172,18 +172,11 @@ async def check(ctx: NodeContext, inference_id: bytes, info: InferenceInfo) -> O
     prompt_ids = await tokenize(ctx.http, s.mlnode_url, request, s.model)
     output_ids = [int(t) for t in artifact.output_ids]
     raw = await prefill(ctx.http, s.mlnode_url, s.model, prompt_ids + output_ids)
-    # parsing and judging are pure CPU: off the event loop, so the node's requests keep flowing
-    verdict = await ctx.read(verdict_of, raw, artifact, output_ids, info, inference_id, spec)
+    # parsing and judging are pure CPU: in the judging process, so the node's requests keep flowing
+    verdict = await asyncio.get_running_loop().run_in_executor(
+        ctx.judging, verdict_of, raw, artifact, output_ids, info.request_hash,
+        info.completion_tokens, inference_id, spec)
     return Outcome(verdict.passed, int(verdict.score), tuple(map(describe, verdict.faults)))
-
-
-def verdict_of(raw: bytes, artifact: Artifact, output_ids: list[int], info: InferenceInfo,
-               inference_id: bytes, spec: ModelSpec) -> Verdict:
-    scores = PrefillScores.from_prompt_logprobs(prompt_logprobs(raw), output_ids, PREFILL_TOP)
-    return validate(artifact, scores, request_hash=info.request_hash,
-                    seed=seed_from_inference_id(inference_id),
-                    completion_tokens=info.completion_tokens, eos_id=spec.eos_token_id,
-                    vocab_size=spec.vocab_size)
 
 
 async def get_artifact(ctx: NodeContext, cid: str, executor: str) -> bytes:
