@@ -10,8 +10,10 @@ only what the step needs, so the worker starts light.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 from agents.node.model_client import PREFILL_TOP, ModelSpec, prompt_logprobs
@@ -25,6 +27,19 @@ def judging_pool() -> ProcessPoolExecutor:
     module imported before its first task."""
     return ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
                                initializer=importlib.import_module, initargs=(__name__,))
+
+
+async def in_judging_process(ctx, fn, *args):
+    """`fn(*args)` in `ctx.judging`. A worker that died (killed for memory, a crash in native
+    code) breaks its pool for good: it is replaced for the next call, and this one raises
+    BrokenProcessPool for the caller's retry."""
+    pool = ctx.judging
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+    except BrokenProcessPool:
+        if ctx.judging is pool:  # not replaced already by a concurrent call
+            ctx.judging = judging_pool()
+        raise
 
 
 def verdict_of(raw: bytes, artifact: Artifact, output_ids: list[int], request_hash: bytes,

@@ -15,7 +15,6 @@ deadline.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from agents.artifacts.cid import cid_from_digest
@@ -23,7 +22,7 @@ from agents.artifacts.fetch import fetch_artifact
 from agents.artifacts.store import ArtifactError
 from agents.node.chain_view import DISPUTED, FINISHED, VALIDATED, ZERO_ADDRESS, InferenceInfo
 from agents.node.context import NodeContext, log
-from agents.node.judging import verdict_of
+from agents.node.judging import in_judging_process, verdict_of
 from agents.node.model_client import model_spec, prefill, tokenize
 from agents.verification.artifact import Artifact, ArtifactError as FormatError
 from agents.verification.validator import precheck
@@ -173,9 +172,8 @@ async def check(ctx: NodeContext, inference_id: bytes, info: InferenceInfo) -> O
     output_ids = [int(t) for t in artifact.output_ids]
     raw = await prefill(ctx.http, s.mlnode_url, s.model, prompt_ids + output_ids)
     # parsing and judging are pure CPU: in the judging process, so the node's requests keep flowing
-    verdict = await asyncio.get_running_loop().run_in_executor(
-        ctx.judging, verdict_of, raw, artifact, output_ids, info.request_hash,
-        info.completion_tokens, inference_id, spec)
+    verdict = await in_judging_process(ctx, verdict_of, raw, artifact, output_ids, info.request_hash,
+                                       info.completion_tokens, inference_id, spec)
     return Outcome(verdict.passed, int(verdict.score), tuple(map(describe, verdict.faults)))
 
 
