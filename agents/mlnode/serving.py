@@ -9,13 +9,13 @@ an executor gets the exact output ids over the OpenAI API. The EOS token is an o
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agents.mlnode.engine import Engine, Generation, Prefill, Token
@@ -55,7 +55,8 @@ class Metrics:
 
 
 def sse(obj: dict | str) -> str:
-    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"
+    """One server-sent event; orjson encodes, as the non-streaming answers (and their Fragments)."""
+    return f"data: {obj if isinstance(obj, str) else orjson.dumps(obj).decode()}\n\n"
 
 
 class Detokenizer:
@@ -99,6 +100,13 @@ class OpenAIServing:
         self._keys = [str(i) for i in range(engine.vocab_size)]
         self._id_labels = [f"token_id:{i}" for i in range(engine.vocab_size)]
         self._special = set(tok.all_special_ids)
+        # prompt_logprobs entries as pre-encoded JSON around each token's logprob and rank:
+        # '"<id>":{"logprob":' <logprob> ',"rank":<rank>' ',"decoded_token":"<label>"},'
+        self._entry_heads = [orjson.dumps(key) + b':{"logprob":' for key in self._keys]
+        self._entry_tails = {
+            as_ids: [b',"decoded_token":' + orjson.dumps(label) + b"},"
+                     for label in (self._id_labels if as_ids else self._strings)]
+            for as_ids in (False, True)}
 
     # -- plain endpoints --------------------------------------------------------------------
 
@@ -279,25 +287,34 @@ class OpenAIServing:
         }
 
     def _prompt_logprobs(self, req: CompletionRequest, job: _Job,
-                         prefill: Prefill) -> list[dict | None]:
+                         prefill: Prefill) -> list[orjson.Fragment | None]:
         """vLLM's prompt_logprobs: None, then per position the top-k and the actual token.
 
-        A validator asks for the top 256 at every position: tens of thousands of entries, so the
-        arrays become Python lists once, not one numpy scalar at a time, and keys are cached."""
+        A validator asks for the top 256 at every position: tens of thousands of entries. Each
+        position leaves as one orjson Fragment of JSON joined from pre-encoded pieces (the key,
+        the label) and its logprobs encoded by orjson in one call, the same bytes orjson writes
+        for the dicts, about four times faster than building those."""
         ids, k, as_ids = job.prompt_ids, req.prompt_logprobs, req.return_tokens_as_token_ids
+        heads, tails = self._entry_heads, self._entry_tails[as_ids]
+        ranks = [b',"rank":%d' % r for r in range(1, k + 1)]
         top_ids = prefill.topk_ids[:, :k].tolist()
-        top_lps = prefill.topk_logprobs[:, :k].tolist()
+        top_lps = orjson.dumps(prefill.topk_logprobs[:, :k].tolist())
         actual_lps, actual_ranks = prefill.token_logprobs.tolist(), prefill.token_ranks.tolist()
-        ranks, keys = range(1, k + 1), self._keys
-        labels = self._id_labels if as_ids else self._strings
-        out: list[dict | None] = [None]
-        for r, (row_ids, row_lps) in enumerate(zip(top_ids, top_lps)):
-            entry = {keys[i]: {"logprob": lp, "rank": rank, "decoded_token": labels[i]}
-                     for i, lp, rank in zip(row_ids, row_lps, ranks)}
-            entry.setdefault(keys[ids[r + 1]], {
-                "logprob": actual_lps[r], "rank": actual_ranks[r],
-                "decoded_token": labels[ids[r + 1]]})
-            out.append(entry)
+        # one list of k logprob encodings per position, cut from one encoding of them all
+        rows = top_lps[2:-2].split(b"],[") if top_ids else []
+        pieces: list[bytes] = [b""] * (4 * k)
+        pieces[2::4] = ranks
+        out: list[orjson.Fragment | None] = [None]
+        for r, (row_ids, row_lps) in enumerate(zip(top_ids, rows)):
+            pieces[0::4] = [heads[i] for i in row_ids]
+            pieces[1::4] = row_lps.split(b",") if k else []
+            pieces[3::4] = [tails[i] for i in row_ids]
+            entries = b"".join(pieces)
+            actual = ids[r + 1]
+            if actual not in row_ids:
+                entries += (heads[actual] + orjson.dumps(actual_lps[r])
+                            + b',"rank":%d' % actual_ranks[r] + tails[actual])
+            out.append(orjson.Fragment(b"{" + entries[:-1] + b"}"))  # less the last comma
         return out
 
     # -- /v1/chat/completions ---------------------------------------------------------------

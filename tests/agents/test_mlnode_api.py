@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import openai
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -165,6 +166,30 @@ def test_completion__prompt_logprobs_follow_vllm(client, engine):
         assert entry["decoded_token"] == engine.tokenizer.decode([ids[pos]])
         best = plp[pos][str(pre.topk_ids[pos - 1, 0])]
         assert best["rank"] == 1
+
+
+@pytest.mark.parametrize("k, as_ids", [(256, True), (3, False), (0, True)])
+def test_completion__prompt_logprobs__the_bytes_of_the_vllm_dicts(client, engine, k, as_ids):
+    """The pre-encoded entries are exactly what encoding vLLM-shaped dicts gives: the top-k in
+    rank order, then the actual token when it is outside them."""
+    ids = engine.tokenizer(PROMPT).input_ids
+    pre = engine.prefill(ids, max(k, 1))
+    body = client.post("/v1/completions", json=dict(
+        model=NAME, prompt=ids, max_tokens=1, temperature=0, prompt_logprobs=k,
+        return_tokens_as_token_ids=as_ids)).content
+
+    def label(i: int) -> str:
+        return f"token_id:{i}" if as_ids else engine.tokenizer.decode([i])
+
+    expected = [None]
+    for pos in range(1, len(ids)):
+        entry = {str(i): {"logprob": lp, "rank": rank, "decoded_token": label(i)} for rank, (i, lp)
+                 in enumerate(zip(pre.topk_ids[pos - 1, :k].tolist(), pre.topk_logprobs[pos - 1, :k].tolist()), 1)}
+        entry.setdefault(str(ids[pos]), {"logprob": float(pre.token_logprobs[pos - 1]),
+                                         "rank": int(pre.token_ranks[pos - 1]), "decoded_token": label(ids[pos])})
+        expected.append(entry)
+    start = body.index(b'"prompt_logprobs":') + len(b'"prompt_logprobs":')
+    assert body[start:].startswith(orjson.dumps(expected))
 
 
 def test_completion__validator_prefill_at_top_k__engine_scores_and_honest_artifact_passes(client, engine):
