@@ -100,11 +100,10 @@ class Engine:
     # -- forward passes ---------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _forward(self, ids: torch.Tensor, cache=None, last_only: bool = True, **kwargs):
-        out = self.model(
-            input_ids=ids, past_key_values=cache, use_cache=last_only,
-            logits_to_keep=1 if last_only else 0, **kwargs,
-        )
+    def _forward(self, ids: torch.Tensor, cache=None, keep: int = 1, **kwargs):
+        """The logits of the last `keep` positions (float32) and the grown KV cache."""
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=keep,
+                         **kwargs)
         return out.logits.float(), out.past_key_values
 
     def check_length(self, n_prompt: int, max_tokens: int) -> None:
@@ -137,8 +136,25 @@ class Engine:
                max_tokens: int, logprobs: int = 0) -> Iterator[Token]:
         """Yield the output tokens one by one; the last one carries the finish reason."""
         self.check_length(len(prompt_ids), max_tokens)
-        seed = 0 if seed is None else seed
         logits, cache = self._forward(torch.tensor([list(prompt_ids)]), None)
+        yield from self._decode(logits, cache, params, seed, max_tokens, logprobs)
+
+    def score_and_stream(self, prompt_ids: Sequence[int], k: int, params: SamplingParams,
+                         seed: int | None, max_tokens: int,
+                         logprobs: int = 0) -> tuple[Prefill, Iterator[Token]]:
+        """`prefill(prompt_ids, k)` and `stream(...)` from one forward pass over the prompt, as
+        vLLM serves prompt_logprobs: every position's logits give the scores, the last one the
+        first token, and decoding goes on from that pass's cache. The scores are computed now,
+        the tokens as they are read."""
+        self.check_length(len(prompt_ids), max_tokens)
+        logits, cache = self._forward(torch.tensor([list(prompt_ids)]), None, keep=len(prompt_ids))
+        scores = self._scores(logits[0, :-1], prompt_ids, k, 1)
+        return scores, self._decode(logits, cache, params, seed, max_tokens, logprobs)
+
+    def _decode(self, logits: torch.Tensor, cache, params: SamplingParams, seed: int | None,
+                max_tokens: int, logprobs: int) -> Iterator[Token]:
+        """The tokens from the prompt's last logits on: sample, then one forward per token."""
+        seed = 0 if seed is None else seed
         for position in range(max_tokens):
             tok = self._token(logits[0, -1], params, seed, position, logprobs, max_tokens)
             yield tok
@@ -199,7 +215,12 @@ class Engine:
             raise ValueError(f"start must be in [1, {len(ids)}], got {start}")
         out = self.model(input_ids=torch.tensor([list(ids)]), use_cache=False,
                          logits_to_keep=len(ids) - start + 1)
-        lp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
+        return self._scores(out.logits[0, :-1].float(), ids, k, start)
+
+    @torch.inference_mode()
+    def _scores(self, logits: torch.Tensor, ids: Sequence[int], k: int, start: int) -> Prefill:
+        """Row i - start of `logits` predicts ids[i], for i = start.."""
+        lp = torch.log_softmax(logits, dim=-1)
         target = torch.tensor(list(ids[start:]))[:, None]
         token_lp = lp.gather(1, target)
         top = torch.topk(lp, k, dim=-1)

@@ -169,14 +169,22 @@ class OpenAIServing:
 
     # -- running ----------------------------------------------------------------------------
 
-    def _tokens(self, job: _Job) -> Iterator[Token]:
+    def _start(self, job: _Job, score_k: int | None = None) -> tuple[Prefill | None, Iterator[Token]]:
+        """The answer's tokens as they are generated and, with `score_k`, the prompt's scores
+        (vLLM's prompt_logprobs) from the same forward pass over the prompt."""
         self.metrics.prompt_tokens.inc(len(job.prompt_ids))
-        for tok in self.engine.stream(job.prompt_ids, job.params, job.seed, job.max_tokens, job.k):
+        if score_k is None:
+            prefill = None
+            tokens = self.engine.stream(job.prompt_ids, job.params, job.seed, job.max_tokens, job.k)
+        else:
+            prefill, tokens = self.engine.score_and_stream(job.prompt_ids, score_k, job.params, job.seed,
+                                                           job.max_tokens, job.k)
+        return prefill, self._counted(tokens)
+
+    def _counted(self, tokens: Iterator[Token]) -> Iterator[Token]:
+        for tok in tokens:
             self.metrics.generation_tokens.inc()
             yield tok
-
-    def _run(self, job: _Job) -> list[Token]:
-        return list(self._tokens(job))
 
     def _label(self, token_id: int, as_ids: bool) -> str:
         return (self._id_labels if as_ids else self._strings)[token_id]
@@ -201,14 +209,14 @@ class OpenAIServing:
         self._check_model(req.model)
         job = self._job(req, self._prompt_ids(req.prompt), req.max_tokens, req.logprobs or 0)
         echo_logprobs = req.echo and req.logprobs is not None
-        prefill = None
+        score_k = None
         if req.prompt_logprobs is not None or echo_logprobs:
-            prefill = self.engine.prefill(
-                job.prompt_ids, max(req.prompt_logprobs or 0, req.logprobs or 0))
+            score_k = max(req.prompt_logprobs or 0, req.logprobs or 0)
+        prefill, generated = self._start(job, score_k)
         head = self._head("text_completion", "cmpl") | {"model": self.name}
         if req.stream:
-            return self._completion_events(req, job, prefill, head)
-        tokens = self._run(job)
+            return self._completion_events(req, job, prefill, generated, head)
+        tokens = list(generated)
         prompt_text = self.engine.tokenizer.decode(job.prompt_ids) if req.echo else ""
         text = self.engine.tokenizer.decode([t.id for t in tokens], skip_special_tokens=True)
         logprobs = None
@@ -223,7 +231,7 @@ class OpenAIServing:
         return head | {"choices": [choice], "usage": self._usage(job, len(tokens))}
 
     def _completion_events(self, req: CompletionRequest, job: _Job, prefill: Prefill | None,
-                           head: dict) -> Iterator[str]:
+                           generated: Iterator[Token], head: dict) -> Iterator[str]:
         as_ids = req.return_tokens_as_token_ids
         prompt_text = self.engine.tokenizer.decode(job.prompt_ids) if req.echo else ""
         if req.echo or req.prompt_logprobs is not None:
@@ -237,7 +245,7 @@ class OpenAIServing:
             yield sse(head | {"choices": [first]})
         detok = Detokenizer(self.engine.tokenizer)
         offset, n_out = len(prompt_text), 0
-        for tok in self._tokens(job):
+        for tok in generated:
             n_out += 1
             delta = detok.add(tok.id, final=tok.finish_reason is not None)
             logprobs = None
@@ -326,9 +334,10 @@ class OpenAIServing:
         k = (req.top_logprobs or 0) if req.logprobs else 0
         job = self._job(req, self._chat_ids(req.messages), req.max_tokens, k)
         head = self._head("chat.completion", "chatcmpl") | {"model": self.name}
+        _, generated = self._start(job)
         if req.stream:
-            return self._chat_events(req, job, head | {"object": "chat.completion.chunk"})
-        tokens = self._run(job)
+            return self._chat_events(req, job, generated, head | {"object": "chat.completion.chunk"})
+        tokens = list(generated)
         text = self.engine.tokenizer.decode([t.id for t in tokens], skip_special_tokens=True)
         choice = {
             "index": 0,
@@ -353,12 +362,13 @@ class OpenAIServing:
             for t in tokens
         ]}
 
-    def _chat_events(self, req: ChatCompletionRequest, job: _Job, head: dict) -> Iterator[str]:
+    def _chat_events(self, req: ChatCompletionRequest, job: _Job, generated: Iterator[Token],
+                     head: dict) -> Iterator[str]:
         detok = Detokenizer(self.engine.tokenizer)
         yield sse(head | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                        "logprobs": None, "finish_reason": None}]})
         n_out = 0
-        for tok in self._tokens(job):
+        for tok in generated:
             n_out += 1
             delta = detok.add(tok.id, final=tok.finish_reason is not None)
             yield sse(head | {"choices": [{

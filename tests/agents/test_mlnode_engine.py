@@ -148,3 +148,19 @@ def test_prefill__scores_every_position_after_the_first(engine, prompt):
 def test_prefill__beyond_context__raises(engine):
     with pytest.raises(ValueError, match=r"^513 tokens exceed the context length of 512 tokens$"):
         engine.prefill([5] * 513, 1)
+
+
+def test_score_and_stream__the_scores_of_prefill_and_the_tokens_of_generate(engine, prompt):
+    """One forward pass serves both, as vLLM does with prompt_logprobs."""
+    params = SamplingParams(0.7)
+    scores, tokens = engine.score_and_stream(prompt, 8, params, 11, 6, logprobs=3)
+    alone = engine.prefill(prompt, 8)
+    assert np.array_equal(scores.topk_ids, alone.topk_ids)
+    assert np.allclose(scores.topk_logprobs, alone.topk_logprobs, atol=1e-5)
+    assert np.array_equal(scores.token_ranks, alone.token_ranks)
+    assert [t.id for t in tokens] == engine.generate(prompt, params, 11, 6, 3).output_ids
+
+
+def test_score_and_stream__beyond_context__raises_before_any_work(engine, prompt):
+    with pytest.raises(ValueError, match=r"exceeds the context length of 512 tokens$"):
+        engine.score_and_stream(prompt, 4, SamplingParams(0.0), 0, 512)
