@@ -67,16 +67,21 @@ class PrefillScores:
         if n == 0 or len(prompt_logprobs) <= n or prompt_logprobs[-n] is None:
             raise ValueError(f"prompt_logprobs has {len(prompt_logprobs)} entries, need more than {n}")
         ids, lps, token_lps, ranks = [], [], [], []
+        in_order = list(range(1, top_k + 1))
         for entry, actual in zip(prompt_logprobs[-n:], output_ids):
-            items = sorted(((int(i), v) for i, v in entry.items()), key=lambda kv: kv[1]["rank"])
-            if str(actual) not in entry and actual not in entry:
+            chosen = entry.get(str(actual), entry.get(actual))
+            if chosen is None:
                 raise ValueError(f"prompt_logprobs entry lacks the actual token {actual}")
-            top = [kv for kv in items if kv[0] != actual or kv[1]["rank"] <= top_k][:top_k]
-            if len(top) != top_k:
-                raise ValueError(f"prompt_logprobs entry has {len(top)} top entries, expected {top_k}")
-            ids.append([i for i, _ in top])
-            lps.append([v["logprob"] for _, v in top])
-            chosen = dict(items)[actual]
+            keys, values = list(entry), list(entry.values())
+            entry_ranks = [v["rank"] for v in values]
+            if entry_ranks[:top_k] != in_order:  # not already the top-k first, in rank order
+                order = [j for j in sorted(range(len(values)), key=entry_ranks.__getitem__)
+                         if int(keys[j]) != actual or entry_ranks[j] <= top_k][:top_k]
+                keys, values = [keys[j] for j in order], [values[j] for j in order]
+            if len(keys) < top_k:
+                raise ValueError(f"prompt_logprobs entry has {len(keys)} top entries, expected {top_k}")
+            ids.append([int(i) for i in keys[:top_k]])
+            lps.append([v["logprob"] for v in values[:top_k]])
             token_lps.append(chosen["logprob"])
             ranks.append(chosen["rank"])
         return cls(np.array(ids, np.int64), np.array(lps), np.array(token_lps), np.array(ranks, np.int64))

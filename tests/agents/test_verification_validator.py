@@ -374,6 +374,12 @@ def test_prefill_from_vllm_prompt_logprobs__parses_topk_and_actual_token():
     assert pf.topk_ids.tolist() == [[7, 3], [3, 9]]
     assert pf.topk_logprobs.tolist() == [[-0.5, -1.0], [-0.2, -2.0]]
     assert pf.token_logprobs.tolist() == [-0.5, -6.0] and pf.token_ranks.tolist() == [1, 17]
+    # the same entries with the actual token first (vLLM's order) or shuffled: the same scores
+    for last in ({"4": {"logprob": -6.0, "rank": 17}, "3": {"logprob": -0.2, "rank": 1}, "9": {"logprob": -2.0, "rank": 2}},
+                 {"9": {"logprob": -2.0, "rank": 2}, "4": {"logprob": -6.0, "rank": 17}, "3": {"logprob": -0.2, "rank": 1}}):
+        again = PrefillScores.from_prompt_logprobs(entries[:3] + [last], [7, 4], top_k=2)
+        assert again.topk_ids.tolist() == [[7, 3], [3, 9]] and again.token_ranks.tolist() == [1, 17]
+        assert again.topk_logprobs.tolist() == [[-0.5, -1.0], [-0.2, -2.0]]
     with pytest.raises(ValueError, match="prompt_logprobs entry lacks the actual token 8"):
         PrefillScores.from_prompt_logprobs(entries, [7, 8], top_k=2)
     with pytest.raises(ValueError, match="prompt_logprobs entry has 2 top entries, expected 3"):
