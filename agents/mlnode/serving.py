@@ -96,13 +96,12 @@ class OpenAIServing:
         self.metrics = Metrics()
         tok = engine.tokenizer
         self._strings = [tok.decode([i]) for i in range(engine.vocab_size)]
-        # prompt_logprobs' dict keys and vLLM's return_tokens_as_token_ids labels
-        self._keys = [str(i) for i in range(engine.vocab_size)]
+        # vLLM's return_tokens_as_token_ids labels
         self._id_labels = [f"token_id:{i}" for i in range(engine.vocab_size)]
         self._special = set(tok.all_special_ids)
         # prompt_logprobs entries as pre-encoded JSON around each token's logprob and rank:
         # '"<id>":{"logprob":' <logprob> ',"rank":<rank>' ',"decoded_token":"<label>"},'
-        self._entry_heads = [orjson.dumps(key) + b':{"logprob":' for key in self._keys]
+        self._entry_heads = [b'"%d":{"logprob":' % i for i in range(engine.vocab_size)]
         self._entry_tails = {
             as_ids: [b',"decoded_token":' + orjson.dumps(label) + b"},"
                      for label in (self._id_labels if as_ids else self._strings)]

@@ -4,8 +4,8 @@
 use a Web3 of their own without the default middleware: its validation layer asks the node for the
 chain id twice per call, which triples the round trips of every view. `HotReads` makes the reads
 that requests wait on (the head, the served model with its members and their records, a
-gateway's admission) as JSON-RPC posted from the event loop (agents.chain.rpc says why). Nothing here signs or sends, and the ChainClient
-checked the chain id when it connected.
+gateway's admission) as JSON-RPC posted from the event loop (agents.chain.rpc says why). Nothing
+here signs or sends, and the ChainClient checked the chain id when it connected.
 """
 
 from __future__ import annotations
