@@ -7,6 +7,7 @@ chain stores only the 32-byte digest; the CID is rebuilt from it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 from multiformats import CID, multihash
@@ -17,6 +18,11 @@ DIGEST_BYTES = 32
 # The longest encoding of a raw sha2-256 CIDv1 is base16 (73 characters); anything much longer is
 # not one of ours, and refusing it early bounds the work a hostile string can cause.
 MAX_CID_CHARS = 96
+# version 1, codec raw (0x55), multihash sha2-256 (0x12) of 32 bytes (0x20): every canonical CID
+# is multibase "b" + lower-case unpadded base32 of these bytes and the digest, "bafkrei..."
+_PREFIX = bytes([0x01, 0x55, 0x12, 0x20])
+_CANONICAL_PREFIX = "bafkrei"
+_CANONICAL_CHARS = 59
 
 
 class CIDError(ValueError):
@@ -27,7 +33,8 @@ def cid_from_digest(digest: bytes) -> str:
     """The canonical (base32) CID of the block whose sha256 is `digest`."""
     if len(digest) != DIGEST_BYTES:
         raise CIDError(f"a sha2-256 digest is {DIGEST_BYTES} bytes, got {len(digest)}")
-    return str(CID("base32", 1, CODEC, multihash.wrap(digest, HASH)))
+    # the standard library's base32: multiformats' own takes 0.4 ms, on the answer's path
+    return "b" + base64.b32encode(_PREFIX + digest).decode().rstrip("=").lower()
 
 
 def cid_of(data: bytes) -> str:
@@ -41,6 +48,14 @@ def digest_from_cid(cid: str) -> bytes:
         raise CIDError(f"a CID is a string, got {type(cid).__name__}")
     if len(cid) > MAX_CID_CHARS:
         raise CIDError(f"malformed CID: {len(cid)} characters, at most {MAX_CID_CHARS}")
+    if len(cid) == _CANONICAL_CHARS and cid.startswith(_CANONICAL_PREFIX):
+        try:
+            raw = base64.b32decode(cid[1:].upper() + "=", casefold=False)
+        except ValueError:
+            raw = b""
+        # the canonical form names one digest only if it re-encodes to itself
+        if raw[:4] == _PREFIX and cid_from_digest(raw[4:]) == cid:
+            return raw[4:]
     if cid.startswith("Qm"):
         raise CIDError(f"CID {cid!r} is version 0 (dag-pb), only raw CIDv1 is accepted")
     try:

@@ -70,7 +70,7 @@ async def check_order(ctx: NodeContext, order: ExecuteOrder) -> bytes:
                        "inference_id")
     try:
         client = eip712.recover_client(request, ctx.domain, bytes.fromhex(order.client_signature[2:]))
-    except Exception:
+    except ValueError:
         client = None
     if client is None or client.lower() != request.client.lower():
         raise ApiError(401, f"client signature is not by {request.client}", "signature_mismatch",

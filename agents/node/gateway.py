@@ -51,6 +51,8 @@ class Admission:
     lock: int
     seed_block: int  # a recent block whose hash seeds the executor draw
     executor: str  # the drawn one, or the zero address when nobody serves the model
+    url: str  # the executor's
+    order: ExecuteOrder | None  # signed for the drawn executor; None when nobody was drawn
 
 
 def _int_header(headers, name: str, default: int | None = None) -> int:
@@ -130,18 +132,18 @@ def check_limits(request: InferenceRequest, max_prompt_chars: int, max_tokens: i
 def check_signature(request: InferenceRequest, domain: eip712.Domain, signature: bytes) -> None:
     try:
         signer = eip712.recover_client(request, domain, signature)
-    except Exception:  # eth-keys raises several types for an invalid v, r or s
-        raise ApiError(400, "malformed signature", "invalid_signature", H_SIGNATURE) from None
+    except ValueError as exc:
+        raise ApiError(400, f"malformed signature: {exc}", "invalid_signature", H_SIGNATURE) from None
     if signer.lower() != request.client.lower():
         raise ApiError(401, f"signature is by {signer}, not by client {request.client}",
                        "signature_mismatch", H_SIGNATURE)
 
 
-async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes,
+async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes, stream: bool,
                 timer: PhaseTimer) -> Admission:
     """All checks before anything is recorded. The local ones come first, so a forged or malformed
     request costs no chain read; then one batch of chain reads (status, escrow) while the
-    executor is drawn from the cached stakes."""
+    executor is drawn from the cached stakes and the order to it signed, which records nothing."""
     s = ctx.settings
     if request.model != s.model:
         raise ApiError(404, f"model '{request.model}' is not served by this gateway",
@@ -158,9 +160,10 @@ async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes,
     timer.lap("verify")
     try:
         head = await ctx.head()
-        model, reads, executor, fee_bps = await asyncio.gather(
-            ctx.model(mid), ctx.reads.admission(inference_id, request.client),
-            draw_executor(ctx, inference_id, head), ctx.reads.validator_fee_bps())
+        reads, model, fee_bps, (executor, url, order) = await asyncio.gather(
+            ctx.reads.admission(inference_id, request.client), ctx.model(mid),
+            ctx.reads.validator_fee_bps(),
+            order_for(ctx, request, signature, inference_id, head, stream))
     except ChainUnavailable as exc:
         raise ApiError(503, f"chain unavailable: {exc}", "chain_unavailable") from None
     timer.lap("chain")
@@ -177,7 +180,7 @@ async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes,
     if reads.escrow - in_flight < lock:
         raise ApiError(402, f"insufficient escrow: {reads.escrow} deposited, {in_flight} in flight, "
                        f"{lock} needed", "insufficient_escrow")
-    return Admission(inference_id, lock, head.number, executor)
+    return Admission(inference_id, lock, head.number, executor, url, order)
 
 
 def lock_of(request: InferenceRequest, price: int, validator_fee_bps: int) -> int:
@@ -197,6 +200,20 @@ async def draw_executor(ctx: NodeContext, inference_id: bytes, head: Head) -> st
     return (await ctx.members()).draw(draw_seed(inference_id, head.hash))
 
 
+async def order_for(ctx: NodeContext, request: InferenceRequest, signature: bytes,
+                    inference_id: bytes, head: Head, stream: bool) -> tuple[str, str, ExecuteOrder | None]:
+    """(executor, its URL, the signed order to it) for the draw at `head`; no order when nobody
+    serves the model."""
+    executor = await draw_executor(ctx, inference_id, head)
+    if executor == ZERO_ADDRESS:
+        return executor, "", None
+    url = (await ctx.participant(executor)).url
+    order = ExecuteOrder(request=request, client_signature="0x" + signature.hex(),
+                         inference_id="0x" + inference_id.hex(), seed_block=head.number,
+                         gateway=ctx.address, stream=stream).sign(ctx.account.key)
+    return executor, url, order
+
+
 def in_flight_locks(ctx: NodeContext, client: str) -> int:
     """Locks of this client's accepted requests whose start has not landed: the outbox that sends
     the starts knows which have (done) or never will (failed), without a chain read."""
@@ -213,16 +230,12 @@ def in_flight_locks(ctx: NodeContext, client: str) -> int:
 
 async def dispatch(ctx: NodeContext, request: InferenceRequest, signature: bytes, stream: bool):
     timer = PhaseTimer(ctx.metrics.phase_seconds, "gateway")
-    a = await admit(ctx, request, signature, timer)
+    a = await admit(ctx, request, signature, stream, timer)
     inference_id, seed_block, executor = a.inference_id, a.seed_block, a.executor
-    if executor == ZERO_ADDRESS:
+    if a.order is None:
         raise ApiError(503, f"no participant serves model '{request.model}'", "no_executor", "model")
-    url = (await ctx.participant(executor)).url
     if not ctx.state.claim_nonce(request.client, request.nonce, inference_id, a.lock, request.deadline):
         raise _nonce_reused(request)
-    order = ExecuteOrder(request=request, client_signature="0x" + signature.hex(),
-                         inference_id="0x" + inference_id.hex(), seed_block=seed_block,
-                         gateway=ctx.address, stream=stream).sign(ctx.account.key)
     # The start is queued (a durable SQLite write) while the executor already works.
     queued = asyncio.create_task(asyncio.to_thread(
         ctx.outbox.enqueue, "start", "0x" + inference_id.hex(),
@@ -233,7 +246,7 @@ async def dispatch(ctx: NodeContext, request: InferenceRequest, signature: bytes
     headers = {H_INFERENCE_ID: "0x" + inference_id.hex(), H_EXECUTOR: executor}
     timer.lap("order")
     try:
-        return await forward(ctx, url, order, headers, timer)
+        return await forward(ctx, a.url, a.order, headers, timer)
     finally:
         await queued
 

@@ -2,14 +2,23 @@
 
 The Ledger contract rebuilds the same struct hash with snekmate's EIP-712 module and recovers the
 client from the signature, so the field order and types here are part of the protocol.
+
+Every request is hashed by its client, its gateway and its executor, each more than once, on the
+request path. eth-account's `encode_typed_data` parses the type definitions on every call (about
+0.2 ms); here its domain separator is computed once per domain and the struct, whose fields are
+all static, is ABI-encoded directly, which gives the same digest (tested) in a tenth of the time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
+from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from eth_keys import KeyAPI
+from eth_keys.exceptions import BadSignature
 from eth_utils import keccak, to_checksum_address
 
 from agents.protocol.requests import InferenceRequest
@@ -29,6 +38,14 @@ INFERENCE_TYPES = {
         {"name": "quorum", "type": "uint256"},
     ]
 }
+_FIELDS = INFERENCE_TYPES["Inference"]
+_TYPEHASH = keccak(text="Inference(" + ",".join(f"{f['type']} {f['name']}" for f in _FIELDS) + ")")
+_TYPES = ["bytes32"] + [f["type"] for f in _FIELDS]
+# any message will do to have eth-account encode a domain: its separator does not depend on it
+_ZERO_MESSAGE = {f["name"]: {"address": "0x" + "00" * 20, "bytes32": bytes(32)}.get(f["type"], 0)
+                 for f in _FIELDS}
+# secp256k1's group order: the chain (snekmate's ECDSA, EIP-2) refuses an s above half of it
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 def model_id(name: str) -> bytes:
@@ -40,6 +57,12 @@ def model_id(name: str) -> bytes:
 class Domain:
     chain_id: int
     ledger: str  # the verifying contract
+
+    @cached_property
+    def separator(self) -> bytes:
+        """The EIP-712 domain separator, from eth-account's own encoding of this domain."""
+        return bytes(encode_typed_data(domain_data=self.as_dict(), message_types=INFERENCE_TYPES,
+                                       message_data=_ZERO_MESSAGE).header)
 
     def as_dict(self) -> dict:
         return {
@@ -63,27 +86,31 @@ def inference_message(request: InferenceRequest) -> dict:
     }
 
 
-def _signable(request: InferenceRequest, domain: Domain):
-    return encode_typed_data(
-        domain_data=domain.as_dict(),
-        message_types=INFERENCE_TYPES,
-        message_data=inference_message(request),
-    )
-
-
 def inference_id(request: InferenceRequest, domain: Domain) -> bytes:
     """The EIP-712 digest of the request's authorization: unique per (client, nonce, request)."""
-    signable = _signable(request, domain)
-    return keccak(b"\x19" + signable.version + signable.header + signable.body)
+    message = inference_message(request)
+    struct = keccak(abi_encode(_TYPES, [_TYPEHASH, *(message[f["name"]] for f in _FIELDS)]))
+    return keccak(b"\x19\x01" + domain.separator + struct)
 
 
 def sign_request(request: InferenceRequest, domain: Domain, private_key: bytes | str) -> bytes:
-    """65-byte r || s || v signature by the client."""
-    return bytes(Account.sign_message(_signable(request, domain), private_key).signature)
+    """65-byte r || s || v signature by the client (v is 27 or 28)."""
+    return bytes(Account.unsafe_sign_hash(inference_id(request, domain), private_key).signature)
 
 
 def recover_client(request: InferenceRequest, domain: Domain, signature: bytes) -> str:
-    """The address that signed; raises ValueError on a malformed signature."""
+    """The address that signed, by the rules the Ledger applies at `start`; raises ValueError
+    naming the fault for a signature the chain would refuse."""
     if len(signature) != 65:
         raise ValueError(f"signature must be 65 bytes, got {len(signature)}")
-    return Account.recover_message(_signable(request, domain), signature=signature)
+    r, s, v = int.from_bytes(signature[:32]), int.from_bytes(signature[32:64]), signature[64]
+    if v not in (27, 28):
+        raise ValueError(f"signature v must be 27 or 28, got {v}")
+    if not 0 < s <= _SECP256K1_N // 2:
+        raise ValueError("signature s must be in the lower half of the curve order (EIP-2)")
+    try:
+        key = KeyAPI.Signature(vrs=(v - 27, r, s)).recover_public_key_from_msg_hash(
+            inference_id(request, domain))
+    except (BadSignature, ValueError) as exc:
+        raise ValueError(f"signature does not recover: {exc}") from None
+    return key.to_checksum_address()

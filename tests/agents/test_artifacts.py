@@ -10,6 +10,7 @@ from email.policy import HTTP
 import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from multiformats import CID, multihash
 
 from agents.artifacts.cid import CIDError, canonical_cid, cid_from_digest, cid_of, digest_from_cid
 from agents.artifacts.kubo import KuboStore
@@ -37,6 +38,21 @@ def test_cid_of__known_vectors__match_ipfs(data, cid):
     assert cid_of(data) == cid
     assert digest_from_cid(cid) == hashlib.sha256(data).digest()
     assert cid_from_digest(hashlib.sha256(data).digest()) == cid
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_cid_from_digest__any_digest__equals_multiformats_and_round_trips(seed):
+    digest = hashlib.sha256(seed.to_bytes(4)).digest()
+    cid = cid_from_digest(digest)
+    assert cid == str(CID("base32", 1, "raw", multihash.wrap(digest, "sha2-256")))
+    assert digest_from_cid(cid) == digest
+
+
+def test_digest_from_cid__canonical_length_other_codec__rejected():
+    dag_pb = str(CID("base32", 1, "dag-pb", multihash.wrap(hashlib.sha256(b"x").digest(), "sha2-256")))
+    assert len(dag_pb) == len(HELLO_CID)
+    with pytest.raises(CIDError, match="has codec dag-pb, only raw"):
+        digest_from_cid(dag_pb)
 
 
 def test_digest_from_cid__other_multibase__same_digest():

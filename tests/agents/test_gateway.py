@@ -42,6 +42,7 @@ from agents.node.chain_view import (
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext
 from agents.node.state import NodeState
+from agents.protocol import eip712
 from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
 from agents.protocol.messages import ExecuteOrder, auth_headers, request_from_openai
 
@@ -265,6 +266,21 @@ def test_gateway__short_signature__400_nothing_changes(net, client_acct):
     r = _post(net.gateway.url, body, headers)
     assert _error(r) == (400, "invalid_signature",
                          "header X-Nullius-Signature must be 65 bytes of 0x hex")
+    assert _snapshot(net, client_acct) == before
+
+
+def test_gateway__malleated_signature__400_before_the_chain_refuses_it(net, client_acct):
+    """s -> n - s recovers the same client, but the Ledger's ECDSA check refuses a high s at
+    `start`: the gateway refuses it first, or the executor would work for nothing."""
+    body = _body()
+    headers = _headers(net, client_acct, body)
+    sig = bytes.fromhex(headers["X-Nullius-Signature"][2:])
+    s = int.from_bytes(sig[32:64])
+    malleated = sig[:32] + (eip712._SECP256K1_N - s).to_bytes(32) + bytes([55 - sig[64]])
+    before = _snapshot(net, client_acct)
+    r = _post(net.gateway.url, body, headers | {"X-Nullius-Signature": "0x" + malleated.hex()})
+    assert _error(r) == (400, "invalid_signature", "malformed signature: signature s must be in "
+                         "the lower half of the curve order (EIP-2)")
     assert _snapshot(net, client_acct) == before
 
 

@@ -4,6 +4,8 @@ import ape
 import pytest
 from eth_utils import keccak
 
+from agents.protocol import eip712
+
 from conftest import FUNDS, MODEL_ID, PRICE, ZERO
 
 
@@ -62,6 +64,16 @@ def test_start__malformed_signature__reverts_in_ecdsa(ledger, gov, client, sign)
     s = sign(client)
     with ape.reverts("ecdsa: invalid signature"):
         ledger.start(s.args(signature=b"\x00" * 65), sender=gov)
+
+
+def test_start__malleated_signature__reverts_in_ecdsa(ledger, gov, client, sign):
+    """The high-s twin of a valid signature recovers the same client; EIP-2 refuses it, and so
+    does the gateway (agents.protocol.eip712.recover_client)."""
+    s = sign(client)
+    sig = bytes(s.signature)
+    high = sig[:32] + (eip712._SECP256K1_N - int.from_bytes(sig[32:64])).to_bytes(32) + bytes([55 - sig[64]])
+    with ape.reverts("ecdsa: invalid signature `s` value"):
+        ledger.start(s.args(signature=high), sender=gov)
 
 
 def test_start__replayed__reverts(ledger, gov, client, sign):
