@@ -5,7 +5,8 @@ transactions that take a block or more to land. Reading them once per `ttl` seco
 per request takes their round trips off the hot path, and costs nothing in safety: the Ledger
 checks price, signature, draw and escrow again at `start`, so a stale entry can only make a start
 revert, never make a wrong one succeed. Reads that guard money or replays (escrow, inference
-status) are never cached.
+status) are never cached by time: the gateway admits against the head follower's book of them, at
+a block (agents.node.admission), or reads them.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from eth_utils import keccak, to_checksum_address
+from eth_abi import decode
+from eth_utils import event_abi_to_log_topic, keccak, to_checksum_address
 from web3 import Web3
 
 from agents.chain import records
@@ -140,9 +141,18 @@ class ModelSnapshot:
 
 @dataclass(frozen=True)
 class AdmissionReads:
-    """What a gateway reads before it accepts a request, in one batch of calls."""
-    status: int  # of the inference: NONE unless it was started already (through any gateway)
+    """What a gateway must know before it accepts a request."""
+    started: bool  # the inference was started already (through any gateway)
     escrow: int  # the client's free escrow
+    block: int | None  # the block both are as of; None: the latest, read for this request
+
+
+@dataclass(frozen=True)
+class StartedLog:
+    """One `Started` event, as the gateway's index of started inferences keeps it."""
+    inference_id: bytes
+    block: int
+    deadline: int
 
 
 @dataclass(frozen=True)
@@ -289,6 +299,11 @@ class HotReads:
         self.registry = ContractCalls(view.registry.address, view.registry.abi)
         self.ledger = ContractCalls(view.ledger.address, view.ledger.abi)
         self._validator_fee_bps: int | None = None
+        started = next(e for e in view.ledger.abi if e.get("type") == "event" and e["name"] == "Started")
+        self._started_topic = "0x" + event_abi_to_log_topic(started).hex()
+        data = [i for i in started["inputs"] if not i["indexed"]]
+        self._started_data = [i["type"] for i in data]
+        self._started_deadline = [i["name"] for i in data].index("deadline")
 
     async def head(self) -> Head:
         number, block_hash = await self.rpc.latest_block()
@@ -322,4 +337,18 @@ class HotReads:
         """The gateway's reads in one batch: the inference's status and the client's escrow."""
         (state,), (escrow,) = await self.rpc.calls(
             [self.ledger("stateOf", inference_id), self.ledger("escrowOf", client)])
-        return AdmissionReads(state[0], escrow)
+        return AdmissionReads(state[0] != NONE, escrow, None)
+
+    async def escrows(self, clients: list[str], block: int) -> dict[str, int]:
+        """Each client's free escrow at `block` (lower-case address keys), in one batch."""
+        results = await self.rpc.calls([self.ledger("escrowOf", c) for c in clients], block)
+        return {c.lower(): escrow for c, (escrow,) in zip(clients, results)}
+
+    async def started(self, from_block: int, to_block: int) -> list[StartedLog]:
+        """The inferences started in blocks `from_block`..`to_block`, from the Ledger's logs."""
+        [logs] = await self.rpc.batch([("eth_getLogs", [{
+            "address": self.view.ledger.address, "topics": [self._started_topic],
+            "fromBlock": hex(from_block), "toBlock": hex(to_block)}])])
+        return [StartedLog(bytes.fromhex(log["topics"][1][2:]), int(log["blockNumber"], 16),
+                           decode(self._started_data, bytes.fromhex(log["data"][2:]))[self._started_deadline])
+                for log in logs]

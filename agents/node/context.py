@@ -14,6 +14,7 @@ from typing import Any, Callable, Coroutine, TypeVar
 import httpx
 from eth_account.signers.local import LocalAccount
 
+from agents.node.admission import AdmissionBook
 from agents.node.cache import TtlCache
 from agents.node.chain_view import ChainView, Head, Members, Model, ParticipantInfo
 from agents.node.config import NodeSettings
@@ -23,6 +24,8 @@ from agents.protocol.eip712 import Domain, model_id
 
 T = TypeVar("T")
 log = logging.getLogger("nullius.node")
+# blocks per eth_getLogs while the index of starts catches up (providers cap the range)
+MAX_LOG_BLOCKS = 2000
 
 
 @dataclass
@@ -41,6 +44,8 @@ class NodeContext:
     # node; None, the event loop's default thread pool, where a test builds a context
     judging: Executor | None = None
     cache: TtlCache = field(init=False)
+    # the gateway's admission reads, kept by the head follower
+    admission: AdmissionBook = field(init=False, default_factory=AdmissionBook)
     # work detached from a request (see `spawn`), awaited at shutdown
     background: set[asyncio.Task] = field(init=False, default_factory=set)
     # monotonic time of the head follower's last successful read (None before the first)
@@ -98,10 +103,21 @@ class NodeContext:
             self.cache.put(("participant", address.lower()), info)
         return head.number, snapshot.members
 
+    async def _read_admission(self, block: int) -> None:
+        """The index of started inferences brought up to `block`, then the followed clients'
+        escrow at `block` (agents.node.admission says why a gateway admits against them)."""
+        through = self.state.indexed_through(self.chain.start_block - 1)
+        while through < block:
+            to = min(block, through + MAX_LOG_BLOCKS)
+            self.state.index_started(await self.reads.started(through + 1, to), to, int(time.time()))
+            through = to
+        clients = self.admission.clients()
+        self.admission.update(block, await self.reads.escrows(clients, block) if clients else {})
+
     async def follow_head(self, stop: asyncio.Event) -> None:
-        """Reload the head every `head_refresh` seconds, and the members (with the served model and
-        their records) when it moved or half their TTL has passed, so the request path finds them
-        (and the hash that seeds the draw) cached, never expired."""
+        """Reload the head every `head_refresh` seconds, and, when it moved or half their TTL has
+        passed, the members (with the served model and their records) and the admission book, so
+        the request path finds them (and the hash that seeds the draw) cached, never expired."""
         members_at = (-1, -math.inf)  # (head block, monotonic time) of the last members load
         while not stop.is_set():
             try:
@@ -111,6 +127,7 @@ class NodeContext:
                         or time.monotonic() - members_at[1] > self.settings.chain_cache_ttl / 2):
                     await self.cache.get(("members", self.model_id),
                                          lambda: self._read_members(head.number), lambda _: False)
+                    await self._read_admission(head.number)
                     members_at = (head.number, time.monotonic())
             except Exception as exc:  # the request path falls back to reading them itself
                 log.warning("head refresh failed: %r", exc)

@@ -20,7 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from agents.chain.client import ChainUnavailable
-from agents.node.chain_view import NONE, ZERO_ADDRESS, Head, draw_seed
+from agents.node.chain_view import ZERO_ADDRESS, AdmissionReads, Head, draw_seed
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
 from agents.node.timing import PhaseTimer
@@ -142,8 +142,9 @@ def check_signature(request: InferenceRequest, domain: eip712.Domain, signature:
 async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes, stream: bool,
                 timer: PhaseTimer) -> Admission:
     """All checks before anything is recorded. The local ones come first, so a forged or malformed
-    request costs no chain read; then one batch of chain reads (status, escrow) while the
-    executor is drawn from the cached stakes and the order to it signed, which records nothing."""
+    request costs no chain read; then the admission reads (status, escrow: the follower's book, or
+    one batch of chain reads) while the executor is drawn from the cached stakes and the order to
+    it signed, which records nothing."""
     s = ctx.settings
     if request.model != s.model:
         raise ApiError(404, f"model '{request.model}' is not served by this gateway",
@@ -161,21 +162,21 @@ async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes, s
     try:
         head = await ctx.head()
         reads, model, fee_bps, (executor, url, order) = await asyncio.gather(
-            ctx.reads.admission(inference_id, request.client), ctx.model(mid),
+            admission_reads(ctx, inference_id, request.client, head), ctx.model(mid),
             ctx.reads.validator_fee_bps(),
             order_for(ctx, request, signature, inference_id, head, stream))
     except ChainUnavailable as exc:
         raise ApiError(503, f"chain unavailable: {exc}", "chain_unavailable") from None
-    timer.lap("chain")
+    timer.lap("admit")
     if not model.active:
         raise ApiError(404, f"model '{request.model}' is not registered on chain",
                        "model_not_found", "model")
     if model.price > request.max_price:
         raise ApiError(400, f"max_price {request.max_price} is below the model price {model.price}",
                        "max_price_too_low", H_MAX_PRICE)
-    if reads.status != NONE:
+    if reads.started:
         raise _nonce_reused(request)
-    in_flight = in_flight_locks(ctx, request.client)
+    in_flight = in_flight_locks(ctx, request.client, reads.block)
     lock = lock_of(request, model.price, fee_bps)
     if reads.escrow - in_flight < lock:
         raise ApiError(402, f"insufficient escrow: {reads.escrow} deposited, {in_flight} in flight, "
@@ -214,16 +215,33 @@ async def order_for(ctx: NodeContext, request: InferenceRequest, signature: byte
     return executor, url, order
 
 
-def in_flight_locks(ctx: NodeContext, client: str) -> int:
-    """Locks of this client's accepted requests whose start has not landed: the outbox that sends
-    the starts knows which have (done) or never will (failed), without a chain read."""
+async def admission_reads(ctx: NodeContext, inference_id: bytes, client: str,
+                          head: Head) -> AdmissionReads:
+    """Whether the inference was started and the client's escrow: from the follower's book and
+    index when they are current and follow this client (agents.node.admission), else read."""
+    escrow = ctx.admission.escrow(client, head.number, ctx.settings.chain_cache_ttl)
+    ctx.admission.saw(client)
+    if escrow is None:
+        return await ctx.reads.admission(inference_id, client)
+    return AdmissionReads(ctx.state.started_block(inference_id) is not None, escrow,
+                          ctx.admission.block)
+
+
+def in_flight_locks(ctx: NodeContext, client: str, block: int | None) -> int:
+    """Locks of this client's accepted requests that its escrow as of `block` (None: the latest)
+    still includes. Locks whose start the index holds at or before the admission book's block are
+    in every escrow read from now on, and those that expired or failed never will be: they are
+    released for good. A start the outbox saw land is in the latest escrow, but maybe not yet in
+    the book's."""
     total = 0
     now = time.time()
     for inference_id, lock, deadline in ctx.state.pending_locks(client):
+        started = ctx.state.started_block(inference_id)
         item = ctx.outbox.status("start", "0x" + inference_id.hex())
-        if deadline < now or (item is not None and item.state in ("done", "failed")):
+        if (deadline < now or (item is not None and item.state == "failed")
+                or (started is not None and started <= ctx.admission.block)):
             ctx.state.release_lock(inference_id)
-        else:
+        elif not (block is None and item is not None and item.state == "done"):
             total += lock
     return total
 

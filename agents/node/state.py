@@ -7,6 +7,9 @@
   after a finish), the juror (its jury after a dispute opens), the keeper (lazy validators after
   the window as executor, expiry after the deadline as gateway, resolution after a dispute's
   deadline).
+- `started`: the gateway's index of the inferences started on chain (through any gateway), from the
+  Ledger's `Started` logs, complete through the block in cursor `started`; an entry is kept until
+  its deadline, after which no gateway admits its request again.
 - `cursors`: named counters, such as the next epoch whose claim the keeper has to look at.
 """
 
@@ -14,7 +17,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
+
+from agents.node.chain_view import StartedLog
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nonces (
@@ -26,7 +32,11 @@ CREATE TABLE IF NOT EXISTS watch (
     role TEXT NOT NULL, inference_id TEXT NOT NULL, due INTEGER NOT NULL,
     PRIMARY KEY (role, inference_id));
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS started (
+    inference_id TEXT PRIMARY KEY, block INTEGER NOT NULL, deadline INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS started_deadline ON started (deadline);
 """
+STARTED_CURSOR = "started"
 
 
 class NodeState:
@@ -79,6 +89,35 @@ class NodeState:
             cur = self._db.execute("INSERT OR IGNORE INTO executions VALUES (?)",
                                    (inference_id.hex(),))
             return cur.rowcount == 1
+
+    # gateway: the index of started inferences ------------------------------------------------
+
+    def index_started(self, logs: Iterable[StartedLog], through: int, now: int) -> None:
+        """Add the starts of the blocks up to `through` and move the index's cursor there, in one
+        transaction (a restart resumes after the last block indexed); drop the starts whose
+        deadline has passed."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO started VALUES (?, ?, ?)",
+                                     [(log.inference_id.hex(), log.block, log.deadline) for log in logs])
+                self._db.execute("DELETE FROM started WHERE deadline < ?", (now,))
+                self._db.execute("INSERT OR REPLACE INTO cursors VALUES (?, ?)",
+                                 (STARTED_CURSOR, through))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def indexed_through(self, default: int) -> int:
+        """The last block whose starts are all in the index."""
+        return self.cursor(STARTED_CURSOR, default)
+
+    def started_block(self, inference_id: bytes) -> int | None:
+        """The block whose `Started` log the index holds for this inference, if any."""
+        row = self._db.execute("SELECT block FROM started WHERE inference_id=?",
+                               (inference_id.hex(),)).fetchone()
+        return None if row is None else row[0]
 
     # role watch lists ----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from eth_utils import to_checksum_address
 
 from agents.chain.client import ChainUnavailable
 from agents.chain.rpc import AsyncRpc, ContractCalls, RpcError
-from agents.node.chain_view import NONE, ChainView, HotReads
+from agents.node.chain_view import AdmissionReads, ChainView, HotReads
 
 
 async def test_calls__decode_like_web3(anvil, make_client):
@@ -33,11 +33,13 @@ async def test_hot_reads__head_and_admission__match_the_chain(anvil, make_client
         reads = HotReads(view, AsyncRpc(http, anvil.rpc_url))
         head = await reads.head()
         admission = await reads.admission(b"\x01" * 32, chain.address)
+        escrows = await reads.escrows([chain.address, "0x" + "ab" * 20], head.number)
         fee_bps = await reads.validator_fee_bps()
     block = anvil.w3.eth.get_block(head.number)
     assert head.hash == bytes(block["hash"])
     assert view.known_blockhash(head.number) == head.hash  # remembered for the executor's draw
-    assert (admission.status, admission.escrow) == (NONE, 77)
+    assert admission == AdmissionReads(False, 77, None)
+    assert escrows == {chain.address.lower(): 77, "0x" + "ab" * 20: 0}
     assert fee_bps == chain.ledger.functions.validator_fee_bps().call() == 1_000
 
 

@@ -34,10 +34,11 @@ from agents.chain.deploy import Deployments, register_model
 from agents.client.openai_hook import signing_http_client
 from agents.client.sdk import NulliusClient, NulliusError
 from agents.node import gateway
+from agents.node.admission import AdmissionBook
 from agents.node.app import create_app
 from agents.chain.rpc import AsyncRpc
 from agents.node.chain_view import (
-    FINISHED, VALIDATED, ZERO_ADDRESS, ChainView, HotReads, Members, ModelSnapshot,
+    FINISHED, VALIDATED, ZERO_ADDRESS, ChainView, HotReads, Members, ModelSnapshot, StartedLog,
 )
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext
@@ -370,12 +371,14 @@ def test_gateway__bad_quorum__400_names_it(net, client_acct, value, message):
 
 
 def test_gateway__chain_unreachable__503_nothing_changes(net, client_acct):
-    rpc = net.gateway.ctx.reads.rpc
+    ctx = net.gateway.ctx
+    rpc = ctx.reads.rpc
     dead = _url(_bind())  # bound, never listening: connections are refused
     body = _body()
     before = _snapshot(net, client_acct)
     url, rpc.url = rpc.url, dead
     try:
+        time.sleep(ctx.settings.chain_cache_ttl + 0.2)  # what the follower read last has expired
         status, code, message = _error(_post(net.gateway.url, body, _headers(net, client_acct, body)))
     finally:
         rpc.url = url
@@ -501,7 +504,7 @@ class StandInOutbox:
         return None if state is None else SimpleNamespace(state=state)
 
 
-def test_in_flight_locks__only_starts_not_yet_landed_count(tmp_path):
+def test_in_flight_locks__only_starts_the_escrow_read_lacks_count(tmp_path):
     state = NodeState(tmp_path / "node.sqlite")
     client, later = "0x" + "ab" * 20, int(time.time()) + 300
     ids = [bytes([i]) * 32 for i in range(5)]
@@ -511,13 +514,38 @@ def test_in_flight_locks__only_starts_not_yet_landed_count(tmp_path):
         assert state.claim_nonce(client, nonce, iid, lock, deadline)
     outbox = StandInOutbox({"0x" + ids[0].hex(): "pending", "0x" + ids[1].hex(): "sent",
                             "0x" + ids[2].hex(): "done", "0x" + ids[3].hex(): "failed"})
-    ctx = SimpleNamespace(state=state, outbox=outbox)
-    # pending and sent count; landed, failed and expired ones are released for good
-    assert gateway.in_flight_locks(ctx, client) == 11
-    assert [i for i, _, _ in state.pending_locks(client)] == ids[:2]
+    book = AdmissionBook()
+    book.update(50, {})
+    ctx = SimpleNamespace(state=state, outbox=outbox, admission=book)
+    # read at the latest block: the landed start (done) is in it; failed and expired ones are
+    # released for good
+    assert gateway.in_flight_locks(ctx, client, None) == 11
+    assert [i for i, _, _ in state.pending_locks(client)] == ids[:3]
+    # the book's escrow, at block 50, lacks the landed start until the index holds it by then
+    assert gateway.in_flight_locks(ctx, client, 50) == 111
+    state.index_started([StartedLog(ids[2], 51, later)], 51, int(time.time()))
+    assert gateway.in_flight_locks(ctx, client, 50) == 111
+    book.update(51, {})
+    assert gateway.in_flight_locks(ctx, client, 51) == 11
+    assert [i for i, _, _ in state.pending_locks(client)] == ids[:2]  # released for good
     outbox.states["0x" + ids[1].hex()] = "done"
-    assert gateway.in_flight_locks(ctx, client) == 1
-    assert gateway.in_flight_locks(ctx, "0x" + "cd" * 20) == 0
+    assert gateway.in_flight_locks(ctx, client, None) == 1
+    assert gateway.in_flight_locks(ctx, client, 51) == 11
+    assert gateway.in_flight_locks(ctx, "0x" + "cd" * 20, None) == 0
+
+
+def test_node_state__index_of_starts__resumes_and_forgets_past_deadlines(tmp_path):
+    now = int(time.time())
+    state = NodeState(tmp_path / "node.sqlite")
+    assert state.indexed_through(default=6) == 6
+    state.index_started([StartedLog(b"\x01" * 32, 8, now + 60), StartedLog(b"\x02" * 32, 9, now - 1)],
+                        through=10, now=now)
+    state.close()
+    state = NodeState(tmp_path / "node.sqlite")  # a restart
+    assert state.indexed_through(default=6) == 10
+    assert state.started_block(b"\x01" * 32) == 8
+    assert state.started_block(b"\x02" * 32) is None  # its request can no longer be admitted
+    assert state.started_block(b"\x03" * 32) is None
 
 
 async def _model_snapshot(net: Net, view: ChainView) -> ModelSnapshot:
@@ -554,14 +582,14 @@ def test_sdk__infer__server_timing_splits_the_latency(net, mlnode, client_acct, 
     result = client.infer(model=MODEL, prompt="def f(x):\n", max_tokens=4, temperature=0.0)
     # its writes (start, finish, validation) land after the answer: let them, for the next tests
     assert _wait_status(net, result.inference_id, {VALIDATED}, anvil) == VALIDATED
-    assert list(result.timings) == ["verify", "chain", "order", "executor", "executor-check",
+    assert list(result.timings) == ["verify", "admit", "order", "executor", "executor-check",
                                     "executor-model", "executor-receipt"]
     assert all(ms >= 0 for ms in result.timings.values())
     # the executor's phases happen inside the gateway's wait for it
     executor_side = sum(ms for name, ms in result.timings.items() if name.startswith("executor-"))
     assert executor_side <= result.timings["executor"]
     metrics = httpx.get(net.gateway.url + "/metrics").text
-    assert 'nullius_phase_seconds_count{phase="chain",role="gateway"}' in metrics
+    assert 'nullius_phase_seconds_count{phase="admit",role="gateway"}' in metrics
 
 
 def test_gateway__replayed_request__409_nothing_changes(net, mlnode, client_acct, anvil):
@@ -578,6 +606,81 @@ def test_gateway__replayed_request__409_nothing_changes(net, mlnode, client_acct
                          f"nonce {headers['X-Nullius-Nonce']} of client {client_acct.address} "
                          "was already used")
     assert _snapshot(net, client_acct) == before
+
+
+def _followed(node: Node, client: str, inference_id: bytes | None = None, timeout: float = 10) -> None:
+    """Wait until `node`'s admission book follows `client` (and its index holds the start)."""
+    ctx, deadline = node.ctx, time.monotonic() + timeout
+    while (ctx.admission.escrow(client, ctx.admission.block, ctx.settings.chain_cache_ttl) is None
+           or (inference_id is not None and ctx.state.started_block(inference_id) is None)):
+        assert time.monotonic() < deadline, "the head follower did not take the client up"
+        time.sleep(0.05)
+
+
+class ChainCutOff:
+    """The node's request-path reads pointed at a port that refuses connections, for a moment
+    shorter than `chain_cache_ttl`: whatever the node still answers, it answers without a read."""
+
+    def __init__(self, node: Node):
+        self.rpc = node.ctx.reads.rpc
+
+    def __enter__(self):
+        self.url, self.rpc.url = self.rpc.url, _url(_bind())
+
+    def __exit__(self, *exc):
+        self.rpc.url = self.url
+
+
+def test_gateway__followed_client__admitted_without_a_chain_read(net, mlnode, client_acct):
+    body = _body(max_tokens=2)
+    assert _post(net.gateway.url, body, _headers(net, client_acct, body)).status_code == 200
+    _followed(net.gateway, client_acct.address)
+    with ChainCutOff(net.gateway):
+        r = _post(net.gateway.url, body, _headers(net, client_acct, body))
+    assert r.status_code == 200, r.text
+
+
+def test_gateway__request_started_through_another_gateway__409_from_the_index(net, mlnode, client_acct,
+                                                                             anvil):
+    """A client replays a signed request at a second gateway once its start landed: the second
+    gateway's index of starts refuses it, with no chain read and nothing changed."""
+    first, second = net.nodes
+    body = _body(max_tokens=2)
+    r = _post(second.url, body, _headers(net, client_acct, body))  # the second gateway knows the client
+    assert r.status_code == 200, r.text
+    iid = bytes.fromhex(r.headers["X-Nullius-Inference-Id"][2:])
+    assert _wait_status(net, iid, {VALIDATED}, anvil) == VALIDATED
+    headers = _headers(net, client_acct, body)
+    r = _post(first.url, body, headers)
+    assert r.status_code == 200, r.text
+    iid = bytes.fromhex(r.headers["X-Nullius-Inference-Id"][2:])
+    assert _wait_status(net, iid, {VALIDATED}, anvil) == VALIDATED
+    _followed(second, client_acct.address, iid)
+    before = _snapshot(net, client_acct)
+    with ChainCutOff(second):
+        r = _post(second.url, body, headers)
+    assert _error(r) == (409, "nonce_reused",
+                         f"nonce {headers['X-Nullius-Nonce']} of client {client_acct.address} "
+                         "was already used")
+    assert _snapshot(net, client_acct) == before
+
+
+def test_hot_reads__started_logs__as_web3_decodes_them(net, mlnode, client_acct, anvil):
+    body = _body(max_tokens=2)
+    r = _post(net.gateway.url, body, _headers(net, client_acct, body))
+    iid = bytes.fromhex(r.headers["X-Nullius-Inference-Id"][2:])
+    assert _wait_status(net, iid, {VALIDATED}, anvil) == VALIDATED
+    view = ChainView(net.gov)
+    head = view.block_number()
+    expected = [StartedLog(bytes(e["args"]["inference_id"]), e["blockNumber"], e["args"]["deadline"])
+                for e in view.ledger.events.Started().get_logs(from_block=view.start_block, to_block=head)]
+
+    async def read() -> list[StartedLog]:
+        async with httpx.AsyncClient() as http:
+            return await HotReads(view, AsyncRpc(http, net.rpc_url)).started(view.start_block, head)
+
+    assert iid in [log.inference_id for log in expected]
+    assert asyncio.run(read()) == expected
 
 
 def test_sdk__infer_with_quorum__signed_quorum_on_chain_and_paid(net, mlnode, client_acct, anvil):

@@ -5,14 +5,20 @@ node's head follower, which keeps the head and the members cached for requests."
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 from eth_account import Account
 
 from agents.node.cache import TtlCache
-from agents.node.chain_view import Head, Members, Model, ModelSnapshot, ParticipantInfo
+from agents.node import gateway
+from agents.node.admission import CLIENT_TTL_S, AdmissionBook
+from agents.node.chain_view import (
+    AdmissionReads, Head, Members, Model, ModelSnapshot, ParticipantInfo, StartedLog,
+)
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext
 from agents.node.metrics import NodeMetrics
+from agents.node.state import NodeState
 
 
 class Clock:
@@ -108,14 +114,20 @@ SERVED = Model("nullius/ref-tiny", b"\x01" * 32, 7, True)
 RECORD = ParticipantInfo(1, 0, b"\x02" * 32, "http://member", True)
 
 
+CLIENT = "0x" + "cc" * 20
+STARTED_ID = b"\x05" * 32
+
+
 class StandInReads:
     """Chain reads stood in for: a head that moves one block per read, a fixed model with one
-    member; single registry reads are counted."""
+    member, one start in block 12, every client holding its block number in escrow; single
+    reads are counted."""
 
     def __init__(self):
         self.number = 10
         self.member_reads: list[int] = []
         self.single_reads: list[str] = []
+        self.log_ranges: list[tuple[int, int]] = []
 
     async def head(self) -> Head:
         self.number += 1
@@ -133,17 +145,31 @@ class StandInReads:
         self.single_reads.append(address)
         return ParticipantInfo(0, 0, b"\0" * 32, "", False)
 
+    async def started(self, from_block: int, to_block: int) -> list[StartedLog]:
+        self.log_ranges.append((from_block, to_block))
+        return [StartedLog(STARTED_ID, 12, 2**40)] if from_block <= 12 <= to_block else []
 
-def _context(reads: StandInReads) -> NodeContext:
+    async def escrows(self, clients: list[str], block: int) -> dict[str, int]:
+        return {c: block for c in clients}
+
+    async def admission(self, inference_id: bytes, client: str) -> AdmissionReads:
+        self.single_reads.append("admission")
+        return AdmissionReads(False, 0, None)
+
+
+def _context(reads: StandInReads, tmp_path) -> NodeContext:
     settings = NodeSettings(private_key="0x" + "11" * 32, head_refresh=0.01, chain_cache_ttl=60)
     return NodeContext(settings=settings, account=Account.from_key(settings.private_key),
-                       chain=None, reads=reads, state=None, outbox=None, store=None, http=None,
-                       metrics=NodeMetrics(), domain=None)
+                       chain=SimpleNamespace(start_block=5), reads=reads,
+                       state=NodeState(tmp_path / "node.sqlite"), outbox=None, store=None,
+                       http=None, metrics=NodeMetrics(), domain=None)
 
 
-async def _followed(chain: StandInReads, seconds: float) -> NodeContext:
-    """A node context whose head follower ran for `seconds`."""
-    ctx = _context(chain)
+async def _followed(chain: StandInReads, seconds: float, tmp_path, clients=()) -> NodeContext:
+    """A node context whose head follower ran for `seconds`, its gateway having seen `clients`."""
+    ctx = _context(chain, tmp_path)
+    for client in clients:
+        ctx.admission.saw(client)
     stop = asyncio.Event()
     follower = asyncio.create_task(ctx.follow_head(stop))
     await asyncio.sleep(seconds)
@@ -152,9 +178,9 @@ async def _followed(chain: StandInReads, seconds: float) -> NodeContext:
     return ctx
 
 
-async def test_follow_head__keeps_head_and_members_fresh_for_requests():
+async def test_follow_head__keeps_head_and_members_fresh_for_requests(tmp_path):
     chain = StandInReads()
-    ctx = await _followed(chain, 0.1)
+    ctx = await _followed(chain, 0.1, tmp_path)
     head = await ctx.head()  # served from the cache: no read
     assert head.number == chain.number > 12  # refreshed many times despite a 60 s TTL
     assert chain.member_reads[-1] == head.number  # members re-read at each new head
@@ -162,9 +188,9 @@ async def test_follow_head__keeps_head_and_members_fresh_for_requests():
     assert chain.number == head.number  # neither call above read the chain
 
 
-async def test_follow_head__caches_the_served_model_and_the_members_records():
+async def test_follow_head__caches_the_served_model_and_the_members_records(tmp_path):
     chain = StandInReads()
-    ctx = await _followed(chain, 0.05)
+    ctx = await _followed(chain, 0.05, tmp_path)
     assert await ctx.model(ctx.model_id) == SERVED
     assert await ctx.participant(MEMBER.upper().replace("0X", "0x")) == RECORD
     assert chain.single_reads == []  # both from the follower's snapshot
@@ -175,9 +201,44 @@ async def test_follow_head__caches_the_served_model_and_the_members_records():
     assert chain.single_reads == [other]
 
 
-async def test_head__older_than_needed__read_again():
+async def test_head__older_than_needed__read_again(tmp_path):
     chain = StandInReads()
-    ctx = _context(chain)
+    ctx = _context(chain, tmp_path)
     assert (await ctx.head()).number == 11
     assert (await ctx.head()).number == 11  # cached
     assert (await ctx.head(at_least=12)).number == 12  # the gateway's seed block is newer
+
+
+async def test_follow_head__keeps_the_admission_reads_for_the_clients_seen(tmp_path):
+    chain = StandInReads()
+    ctx = await _followed(chain, 0.1, tmp_path, clients=[CLIENT])
+    head = await ctx.head()
+    # the index of starts covers every block from the deployment on, each block once
+    assert chain.log_ranges[0][0] == 5
+    assert all(a[1] + 1 == b[0] for a, b in zip(chain.log_ranges, chain.log_ranges[1:]))
+    assert ctx.state.indexed_through(0) == ctx.admission.block == head.number
+    reads = await gateway.admission_reads(ctx, STARTED_ID, CLIENT, head)
+    assert reads == AdmissionReads(True, head.number, head.number)
+    assert (await gateway.admission_reads(ctx, b"\x06" * 32, CLIENT, head)).started is False
+    assert chain.single_reads == []
+    # a client the gateway has not seen, or a book more than a block behind the head: read
+    assert (await gateway.admission_reads(ctx, STARTED_ID, "0x" + "dd" * 20, head)).block is None
+    assert (await gateway.admission_reads(ctx, STARTED_ID, CLIENT, Head(head.number + 2, b""))).block is None
+    assert chain.single_reads == ["admission", "admission"]
+
+
+def test_admission_book__follows_recent_clients_and_expires_with_age():
+    clock = Clock()
+    book = AdmissionBook(clock)
+    book.saw("0x" + "AA" * 20)
+    clock.now += 1
+    book.saw("0x" + "bb" * 20)
+    assert book.clients() == ["0x" + "bb" * 20, "0x" + "aa" * 20]  # newest first, lower case
+    assert book.escrow("0x" + "bb" * 20, head=0, max_age=1) is None  # nothing read yet
+    book.update(7, {"0x" + "bb" * 20: 42})
+    assert book.escrow("0x" + "BB" * 20, head=8, max_age=1) == 42
+    assert book.escrow("0x" + "bb" * 20, head=9, max_age=1) is None  # two blocks behind
+    clock.now += 1.5
+    assert book.escrow("0x" + "bb" * 20, head=8, max_age=1) is None  # read too long ago
+    clock.now += CLIENT_TTL_S
+    assert book.clients() == []
