@@ -48,9 +48,14 @@ class AdmissionBook:
     def update(self, block: int, escrows: dict[str, int]) -> None:
         self.block, self._escrow, self._read_at = block, escrows, self._clock()
 
+    @property
+    def age(self) -> float:
+        """Seconds since the escrows were read."""
+        return self._clock() - self._read_at
+
     def escrow(self, client: str, head: int, max_age: float) -> int | None:
         """The client's escrow at `self.block`, if the book is within a block of `head` and was
         read within `max_age` seconds; else None (read it instead)."""
-        if self.block < head - 1 or self._clock() - self._read_at > max_age:
+        if self.block < head - 1 or self.age > max_age:
             return None
         return self._escrow.get(client.lower())
