@@ -14,6 +14,10 @@ can withdraw or another gateway can start the same request; the read narrowed ne
 lands seconds after the answer began), and the Ledger refuses both at `start`. The lag behind the
 head adds at most a block to that window. Locks this gateway accepted count against the escrow
 until the index shows their start at or before the book's block (`gateway.in_flight_locks`).
+
+The cost moves from one read per request to one `eth_getLogs` and one batch of `escrowOf` calls per
+block (and, between blocks, calls for clients new to the book only). A gateway following many
+more clients than MAX_CLIENTS would want one multicall per block instead.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ class AdmissionBook:
 
     def update(self, block: int, escrows: dict[str, int]) -> None:
         self.block, self._escrow, self._read_at = block, escrows, self._clock()
+
+    @property
+    def escrows(self) -> dict[str, int]:
+        """The escrows at `self.block`, by lower-case address."""
+        return dict(self._escrow)
 
     @property
     def age(self) -> float:

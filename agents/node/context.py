@@ -112,7 +112,15 @@ class NodeContext:
             self.state.index_started(await self.reads.started(through + 1, to), to, int(time.time()))
             through = to
         clients = self.admission.clients()
-        self.admission.update(block, await self.reads.escrows(clients, block) if clients else {})
+        if block == self.admission.block:  # the escrows at this block are known: read newcomers only
+            known = self.admission.escrows
+            escrows = {c: known[c] for c in clients if c in known}
+            clients = [c for c in clients if c not in known]
+        else:
+            escrows = {}
+        if clients:
+            escrows |= await self.reads.escrows(clients, block)
+        self.admission.update(block, escrows)
 
     async def follow_head(self, stop: asyncio.Event) -> None:
         """Reload the head every `head_refresh` seconds, and, when it moved or half their TTL has

@@ -128,6 +128,7 @@ class StandInReads:
         self.member_reads: list[int] = []
         self.single_reads: list[str] = []
         self.log_ranges: list[tuple[int, int]] = []
+        self.escrow_reads: list[tuple[int, list[str]]] = []
 
     async def head(self) -> Head:
         self.number += 1
@@ -150,6 +151,7 @@ class StandInReads:
         return [StartedLog(STARTED_ID, 12, 2**40)] if from_block <= 12 <= to_block else []
 
     async def escrows(self, clients: list[str], block: int) -> dict[str, int]:
+        self.escrow_reads.append((block, list(clients)))
         return {c: block for c in clients}
 
     async def admission(self, inference_id: bytes, client: str) -> AdmissionReads:
@@ -242,3 +244,18 @@ def test_admission_book__follows_recent_clients_and_expires_with_age():
     assert book.escrow("0x" + "bb" * 20, head=8, max_age=1) is None  # read too long ago
     clock.now += CLIENT_TTL_S
     assert book.clients() == []
+
+
+async def test_read_admission__same_block__reads_only_clients_new_to_the_book(tmp_path):
+    chain = StandInReads()
+    ctx = _context(chain, tmp_path)
+    ctx.admission.saw(CLIENT)
+    await ctx._read_admission(20)
+    await ctx._read_admission(20)  # the head did not move: nothing to read again
+    other = "0x" + "dd" * 20
+    ctx.admission.saw(other)
+    await ctx._read_admission(20)
+    await ctx._read_admission(21)  # a new block: everyone again
+    assert chain.escrow_reads == [(20, [CLIENT]), (20, [other]), (21, [other, CLIENT])]
+    assert ctx.admission.escrows == {CLIENT: 21, other: 21}
+    assert chain.log_ranges == [(5, 20), (21, 21)]
