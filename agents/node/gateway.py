@@ -232,16 +232,21 @@ def in_flight_locks(ctx: NodeContext, client: str, block: int | None) -> int:
     still includes. Locks whose start the index holds at or before the admission book's block are
     in every escrow read from now on, and those that expired or failed never will be: they are
     released for good. A start the outbox saw land is in the latest escrow, but maybe not yet in
-    the book's."""
+    the book's. (A request of the same client admitted across the book's move to the block of
+    such a start can miss its lock once; the Ledger refuses an overdrawn start.)"""
     total = 0
     now = time.time()
     for inference_id, lock, deadline in ctx.state.pending_locks(client):
         started = ctx.state.started_block(inference_id)
         item = ctx.outbox.status("start", "0x" + inference_id.hex())
-        if (deadline < now or (item is not None and item.state == "failed")
-                or (started is not None and started <= ctx.admission.block)):
+        never = deadline < now or (item is not None and item.state == "failed")
+        if never or (started is not None and started <= ctx.admission.block):
             ctx.state.release_lock(inference_id)
-        elif not (block is None and item is not None and item.state == "done"):
+        if block is None:
+            included = started is not None or (item is not None and item.state == "done")
+        else:  # the book may have moved past `block` since the escrow was taken from it
+            included = started is not None and started <= block
+        if not (never or included):
             total += lock
     return total
 
