@@ -221,6 +221,7 @@ async def admission_reads(ctx: NodeContext, inference_id: bytes, client: str,
     index when they are current and follow this client (agents.node.admission), else read."""
     escrow = ctx.admission.escrow(client, head.number, ctx.settings.chain_cache_ttl)
     ctx.admission.saw(client)
+    ctx.metrics.admissions.labels("chain" if escrow is None else "book").inc()
     if escrow is None:
         return await ctx.reads.admission(inference_id, client)
     return AdmissionReads(ctx.state.started_block(inference_id) is not None, escrow,

@@ -22,6 +22,10 @@ class NodeMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.outbox = Gauge("nullius_outbox", "Outbox entries by state",
                             ["state"], registry=self.registry)
+        self.admissions = Counter(
+            "nullius_admissions", "Gateway admission reads, by source: the head follower's book, "
+            "or a chain read (a client new to the book, or a book behind the head)",
+            ["source"], registry=self.registry)
 
     def render(self, outbox_counts: dict[str, int]) -> bytes:
         for state, n in outbox_counts.items():

@@ -628,6 +628,14 @@ def _followed(node: Node, client: str, inference_id: bytes | None = None, timeou
         time.sleep(0.05)
 
 
+def _admissions(node: Node) -> dict[str, float]:
+    """The node's admission counts by source, from its /metrics."""
+    text = httpx.get(node.url + "/metrics").text
+    return {source: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith(f'nullius_admissions_total{{source="{source}"}}'))
+            for source in ("book", "chain")}
+
+
 class ChainCutOff:
     """The node's request-path reads pointed at a port that refuses connections, for a moment
     shorter than `chain_cache_ttl`: whatever the node still answers, it answers without a read."""
@@ -646,9 +654,11 @@ def test_gateway__followed_client__admitted_without_a_chain_read(net, mlnode, cl
     body = _body(max_tokens=2)
     assert _post(net.gateway.url, body, _headers(net, client_acct, body)).status_code == 200
     _followed(net.gateway, client_acct.address)
+    before = _admissions(net.gateway)
     with ChainCutOff(net.gateway):
         r = _post(net.gateway.url, body, _headers(net, client_acct, body))
     assert r.status_code == 200, r.text
+    assert _admissions(net.gateway) == {"book": before["book"] + 1, "chain": before["chain"]}
 
 
 def test_gateway__request_started_through_another_gateway__409_from_the_index(net, mlnode, client_acct,
