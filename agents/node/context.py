@@ -135,8 +135,11 @@ class NodeContext:
                         or time.monotonic() - members_at[1] > self.settings.chain_cache_ttl / 2):
                     await self.cache.get(("members", self.model_id),
                                          lambda: self._read_members(head.number), lambda _: False)
-                    await self._read_admission(head.number)
                     members_at = (head.number, time.monotonic())
+                    try:
+                        await self._read_admission(head.number)
+                    except Exception as exc:  # the book ages out: admissions read the chain
+                        log.warning("admission book refresh failed: %r", exc)
             except Exception as exc:  # the request path falls back to reading them itself
                 log.warning("head refresh failed: %r", exc)
             try:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from eth_account import Account
 
 from agents.node.cache import TtlCache
+from agents.chain.client import ChainUnavailable
 from agents.node import gateway
 from agents.node.admission import CLIENT_TTL_S, AdmissionBook
 from agents.node.chain_view import (
@@ -259,3 +260,19 @@ async def test_read_admission__same_block__reads_only_clients_new_to_the_book(tm
     assert chain.escrow_reads == [(20, [CLIENT]), (20, [other]), (21, [other, CLIENT])]
     assert ctx.admission.escrows == {CLIENT: 21, other: 21}
     assert chain.log_ranges == [(5, 20), (21, 21)]
+
+
+async def test_follow_head__admission_book_fails__members_still_kept_and_book_ages(tmp_path, caplog):
+    chain = StandInReads()
+
+    async def no_logs(from_block: int, to_block: int):
+        raise ChainUnavailable("eth_getLogs failed: range too large")
+
+    chain.started = no_logs
+    ctx = await _followed(chain, 0.05, tmp_path, clients=[CLIENT])
+    head = await ctx.head()
+    assert chain.member_reads[-1] == head.number  # members refreshed at every head regardless
+    assert ctx.admission.block == -1  # never read: every admission reads the chain
+    assert (await gateway.admission_reads(ctx, STARTED_ID, CLIENT, head)).block is None
+    assert "admission book refresh failed: ChainUnavailable('eth_getLogs failed: range too large')" \
+        in caplog.text
