@@ -6,7 +6,8 @@ client from the signature, so the field order and types here are part of the pro
 Every request is hashed by its client, its gateway and its executor, each more than once, on the
 request path. eth-account's `encode_typed_data` parses the type definitions on every call (about
 0.2 ms); here its domain separator is computed once per domain and the struct, whose fields are
-all static, is ABI-encoded directly, which gives the same digest (tested) in a tenth of the time.
+all static 32-byte words, is their concatenation, which gives the same digest (tested) in a tenth
+of the time.
 """
 
 from __future__ import annotations
@@ -14,13 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from eth_abi import encode as abi_encode
-from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_keys import KeyAPI
-from eth_keys.exceptions import BadSignature
 from eth_utils import keccak, to_checksum_address
 
+from agents.protocol import ecdsa
 from agents.protocol.requests import InferenceRequest
 
 DOMAIN_NAME = "Nullius"
@@ -40,12 +38,9 @@ INFERENCE_TYPES = {
 }
 _FIELDS = INFERENCE_TYPES["Inference"]
 _TYPEHASH = keccak(text="Inference(" + ",".join(f"{f['type']} {f['name']}" for f in _FIELDS) + ")")
-_TYPES = ["bytes32"] + [f["type"] for f in _FIELDS]
 # any message will do to have eth-account encode a domain: its separator does not depend on it
 _ZERO_MESSAGE = {f["name"]: {"address": "0x" + "00" * 20, "bytes32": bytes(32)}.get(f["type"], 0)
                  for f in _FIELDS}
-# secp256k1's group order: the chain (snekmate's ECDSA, EIP-2) refuses an s above half of it
-_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 def model_id(name: str) -> bytes:
@@ -73,44 +68,23 @@ class Domain:
         }
 
 
-def inference_message(request: InferenceRequest) -> dict:
-    return {
-        "client": to_checksum_address(request.client),
-        "modelId": model_id(request.model),
-        "requestHash": request.request_hash,
-        "maxTokens": request.max_tokens,
-        "maxPrice": request.max_price,
-        "nonce": request.nonce,
-        "deadline": request.deadline,
-        "quorum": request.quorum,
-    }
-
-
 def inference_id(request: InferenceRequest, domain: Domain) -> bytes:
     """The EIP-712 digest of the request's authorization: unique per (client, nonce, request)."""
-    message = inference_message(request)
-    struct = keccak(abi_encode(_TYPES, [_TYPEHASH, *(message[f["name"]] for f in _FIELDS)]))
+    # the words in _FIELDS order; an address is left-padded, an integer big-endian
+    words = (bytes.fromhex(request.client[2:]).rjust(32, b"\0"), model_id(request.model),
+             request.request_hash, *(n.to_bytes(32) for n in (
+                 request.max_tokens, request.max_price, request.nonce, request.deadline,
+                 request.quorum)))
+    struct = keccak(_TYPEHASH + b"".join(words))
     return keccak(b"\x19\x01" + domain.separator + struct)
 
 
 def sign_request(request: InferenceRequest, domain: Domain, private_key: bytes | str) -> bytes:
     """65-byte r || s || v signature by the client (v is 27 or 28)."""
-    return bytes(Account.unsafe_sign_hash(inference_id(request, domain), private_key).signature)
+    return ecdsa.sign(inference_id(request, domain), private_key)
 
 
 def recover_client(request: InferenceRequest, domain: Domain, signature: bytes) -> str:
     """The address that signed, by the rules the Ledger applies at `start`; raises ValueError
     naming the fault for a signature the chain would refuse."""
-    if len(signature) != 65:
-        raise ValueError(f"signature must be 65 bytes, got {len(signature)}")
-    r, s, v = int.from_bytes(signature[:32]), int.from_bytes(signature[32:64]), signature[64]
-    if v not in (27, 28):
-        raise ValueError(f"signature v must be 27 or 28, got {v}")
-    if not 0 < s <= _SECP256K1_N // 2:
-        raise ValueError("signature s must be in the lower half of the curve order (EIP-2)")
-    try:
-        key = KeyAPI.Signature(vrs=(v - 27, r, s)).recover_public_key_from_msg_hash(
-            inference_id(request, domain))
-    except (BadSignature, ValueError) as exc:
-        raise ValueError(f"signature does not recover: {exc}") from None
-    return key.to_checksum_address()
+    return ecdsa.recover(inference_id(request, domain), signature)

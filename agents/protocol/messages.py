@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Self
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.protocol import ecdsa
 from agents.protocol.hashing import keccak_json
 from agents.protocol.requests import InferenceRequest
 
@@ -129,19 +128,17 @@ class Signed(BaseModel):
         return keccak_json(self.canonical())
 
     def sign(self, private_key: bytes | str) -> Self:
-        signed = Account.sign_message(encode_defunct(primitive=self.digest()), private_key)
-        return self.model_copy(update={"signature": "0x" + bytes(signed.signature).hex()})
+        signature = ecdsa.sign(ecdsa.eip191_digest(self.digest()), private_key)
+        return self.model_copy(update={"signature": "0x" + signature.hex()})
 
     def verify(self) -> str:
         """The checksummed signer address; ValueError when unsigned or malformed."""
         if self.signature is None:
             raise ValueError("message is not signed")
         try:
-            return Account.recover_message(
-                encode_defunct(primitive=self.digest()), signature=bytes.fromhex(self.signature[2:])
-            )
-        except Exception as exc:  # eth-keys raises several types for a bad v, r or s
-            raise ValueError(f"malformed signature: {exc}") from exc
+            return ecdsa.recover(ecdsa.eip191_digest(self.digest()), bytes.fromhex(self.signature[2:]))
+        except ValueError as exc:
+            raise ValueError(f"malformed signature: {exc}") from None
 
 
 class ExecuteOrder(Signed):

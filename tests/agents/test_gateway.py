@@ -44,7 +44,7 @@ from agents.node.chain_view import (
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext
 from agents.node.state import NodeState
-from agents.protocol import eip712
+from agents.protocol import ecdsa, eip712
 from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
 from agents.protocol.messages import ExecuteOrder, auth_headers, request_from_openai
 
@@ -278,7 +278,7 @@ def test_gateway__malleated_signature__400_before_the_chain_refuses_it(net, clie
     headers = _headers(net, client_acct, body)
     sig = bytes.fromhex(headers["X-Nullius-Signature"][2:])
     s = int.from_bytes(sig[32:64])
-    malleated = sig[:32] + (eip712._SECP256K1_N - s).to_bytes(32) + bytes([55 - sig[64]])
+    malleated = sig[:32] + (ecdsa.SECP256K1_N - s).to_bytes(32) + bytes([55 - sig[64]])
     before = _snapshot(net, client_acct)
     r = _post(net.gateway.url, body, headers | {"X-Nullius-Signature": "0x" + malleated.hex()})
     assert _error(r) == (400, "invalid_signature", "malformed signature: signature s must be in "

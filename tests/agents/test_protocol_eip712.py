@@ -8,14 +8,14 @@ import random
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 
-from agents.protocol import eip712
+from agents.protocol import ecdsa, eip712
 from agents.protocol.requests import InferenceRequest
 
 CLIENT = Account.from_key("0x" + "33" * 32)
 DOMAIN = eip712.Domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
-N = eip712._SECP256K1_N
+N = ecdsa.SECP256K1_N
 
 
 def _request(rng: random.Random | None = None) -> InferenceRequest:
@@ -28,8 +28,12 @@ def _request(rng: random.Random | None = None) -> InferenceRequest:
 
 
 def _eth_account_signable(request: InferenceRequest, domain: eip712.Domain):
+    message = {"client": to_checksum_address(request.client),
+               "modelId": eip712.model_id(request.model), "requestHash": request.request_hash,
+               "maxTokens": request.max_tokens, "maxPrice": request.max_price,
+               "nonce": request.nonce, "deadline": request.deadline, "quorum": request.quorum}
     return encode_typed_data(domain_data=domain.as_dict(), message_types=eip712.INFERENCE_TYPES,
-                             message_data=eip712.inference_message(request))
+                             message_data=message)
 
 
 @pytest.mark.parametrize("seed", range(20))

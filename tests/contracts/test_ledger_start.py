@@ -4,7 +4,7 @@ import ape
 import pytest
 from eth_utils import keccak
 
-from agents.protocol import eip712
+from agents.protocol import ecdsa, eip712
 
 from conftest import FUNDS, MODEL_ID, PRICE, ZERO
 
@@ -71,7 +71,7 @@ def test_start__malleated_signature__reverts_in_ecdsa(ledger, gov, client, sign)
     does the gateway (agents.protocol.eip712.recover_client)."""
     s = sign(client)
     sig = bytes(s.signature)
-    high = sig[:32] + (eip712._SECP256K1_N - int.from_bytes(sig[32:64])).to_bytes(32) + bytes([55 - sig[64]])
+    high = sig[:32] + (ecdsa.SECP256K1_N - int.from_bytes(sig[32:64])).to_bytes(32) + bytes([55 - sig[64]])
     with ape.reverts("ecdsa: invalid signature `s` value"):
         ledger.start(s.args(signature=high), sender=gov)
 
