@@ -22,6 +22,8 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,27 @@ def setup(rpc_url: str, tmp: Path, participants: int) -> Chain:
     client.transact(client.ledger.functions.deposit(funds))
     return Chain(w3, nodes[-1], nodes[0], client, ChainView(gov_chain),
                  Domain(deployments.chain_id, deployments.ledger))
+
+
+@contextmanager
+def traced_chain(participants: int) -> Iterator[Chain]:
+    """A fresh anvil, set up as `setup` does; with --steps-tracing, debug_traceTransaction
+    returns the opcode steps that `breakdown` reads."""
+    port = free_port("127.0.0.1")
+    anvil = subprocess.Popen([anvil_binary(), "--port", str(port), "--silent", "--steps-tracing"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        rpc_url = f"http://127.0.0.1:{port}"
+        w3 = Web3(Web3.HTTPProvider(rpc_url))
+        for _ in range(100):
+            if w3.is_connected():
+                break
+            time.sleep(0.1)
+        with tempfile.TemporaryDirectory(prefix="nullius-gas-") as tmp:
+            yield setup(rpc_url, Path(tmp), participants)
+    finally:
+        anvil.terminate()
+        anvil.wait(timeout=10)
 
 
 def drawn_requests(c: Chain, count: int) -> list[tuple[list, bytes]]:
@@ -184,6 +207,12 @@ def breakdown(w3: Web3, tx_hash, per: int) -> dict:
     return {k: v / per for k, v in out.items()}
 
 
+
+def show_split(title: str, split: dict) -> None:
+    show(title, ["kind", "startBatch", "finishBatch", "both"],
+         [[kind, split["startBatch"][kind], split["finishBatch"][kind],
+           split["startBatch"][kind] + split["finishBatch"][kind]] for kind in split["startBatch"]])
+
 def _row(size: int, starts: list, finishes: list, per: int) -> dict:
     start_gas = statistics.median(g for g, _, _ in starts) / per
     finish_gas = statistics.median(g for g, _, _ in finishes) / per
@@ -224,33 +253,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     ensure_compiled(ROOT)
-    port = free_port("127.0.0.1")
-    # --steps-tracing: debug_traceTransaction returns the opcode steps the breakdown needs
-    anvil = subprocess.Popen([anvil_binary(), "--port", str(port), "--silent", "--steps-tracing"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        rpc_url = f"http://127.0.0.1:{port}"
-        w3 = Web3(Web3.HTTPProvider(rpc_url))
-        for _ in range(100):
-            if w3.is_connected():
-                break
-            time.sleep(0.1)
-        with tempfile.TemporaryDirectory(prefix="nullius-gas-") as tmp:
-            c = setup(rpc_url, Path(tmp), args.participants)
-            # the client's first start writes fresh storage slots; measure the steady state
-            single(c, 1)
-            single_row = single(c, args.single)
-            rows = [batch(c, n, args.reps) for n in args.sizes]
-            items = drawn_requests(c, 16)
-            _, _, start_receipt = _measured(c, c.gateway, c.gateway.ledger.functions.startBatch(
-                [s for s, _ in items]))
-            _, _, finish_receipt = _measured(c, c.executor, c.executor.ledger.functions.finishBatch(
-                finish_args(c, start_receipt)))
-            split = {"startBatch": breakdown(w3, start_receipt["transactionHash"], 16),
-                     "finishBatch": breakdown(w3, finish_receipt["transactionHash"], 16)}
-    finally:
-        anvil.terminate()
-        anvil.wait(timeout=10)
+    with traced_chain(args.participants) as c:
+        # the client's first start writes fresh storage slots; measure the steady state
+        single(c, 1)
+        single_row = single(c, args.single)
+        rows = [batch(c, n, args.reps) for n in args.sizes]
+        items = drawn_requests(c, 16)
+        _, _, start_receipt = _measured(c, c.gateway, c.gateway.ledger.functions.startBatch(
+            [s for s, _ in items]))
+        _, _, finish_receipt = _measured(c, c.executor, c.executor.ledger.functions.finishBatch(
+            finish_args(c, start_receipt)))
+        split = {"startBatch": breakdown(c.w3, start_receipt["transactionHash"], 16),
+                 "finishBatch": breakdown(c.w3, finish_receipt["transactionHash"], 16)}
 
     by_size = {r["batch"]: r for r in rows}
     headline = by_size.get(16)
@@ -275,9 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
            single_row["start_calldata_bytes"] + single_row["finish_calldata_bytes"]]] +
          [[f"batch of {r['batch']}", r["start_gas"], r["finish_gas"], r["total_gas"],
            r["start_calldata_bytes"] + r["finish_calldata_bytes"]] for r in rows])
-    show("Batch of 16: gas per inference by kind", ["kind", "startBatch", "finishBatch", "both"],
-         [[kind, split["startBatch"][kind], split["finishBatch"][kind],
-           split["startBatch"][kind] + split["finishBatch"][kind]] for kind in split["startBatch"]])
+    show_split("Batch of 16: gas per inference by kind", split)
     print(f"wrote {path}")
     return report
 
