@@ -25,6 +25,7 @@ from web3.exceptions import (
     TransactionNotFound,
     Web3RPCError,
 )
+from web3.middleware import AttributeDictMiddleware
 
 from agents.chain.build import contract_type
 
@@ -73,7 +74,11 @@ def revert_reason(exc: ContractLogicError) -> str:
 class ChainClient:
     def __init__(self, rpc_url: str, private_key: bytes | str, deployments, *, timeout: float = 60.0):
         """`deployments` is an agents.chain.deploy.Deployments (chain_id, token, registry, ledger)."""
-        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 10}))
+        # Of web3's default middleware only the attribute dicts: its validation layer asks the node
+        # for the chain id on every estimate and receipt poll (checked once, below), and the ENS
+        # and gas-price layers have nothing to do for calls that name addresses and carry gas.
+        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 10}),
+                       middleware=[AttributeDictMiddleware])
         self.account = Account.from_key(private_key)
         self.address = self.account.address
         self.deployments = deployments

@@ -1,7 +1,8 @@
 """Event streams with a persisted checkpoint: a restarted node resumes where it left off.
 
-A poller reads one event of one contract in block ranges (`eth_getLogs`), hands each event to a
-handler, and only then records the range's last block in SQLite. Delivery is at least once: a crash
+A poller reads one event of one contract in block ranges (`eth_getLogs`, posted raw and decoded
+with eth-abi: web3's event filters cost a node a few milliseconds of CPU per poll, every second),
+hands each event to a handler, and only then records the range's last block in SQLite. Delivery is at least once: a crash
 between a handler and the checkpoint replays that range, so handlers must be idempotent (they key
 their effects on the inference id, and the outbox ignores a key it already holds).
 """
@@ -15,13 +16,17 @@ import threading
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from web3.types import EventData
+from eth_abi import encode
 
+from agents.chain import rpc
 from agents.chain.client import ChainClient
+from agents.chain.rpc import EventDecoder
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[EventData], Awaitable[None]]
+# an event as handlers get it: {"args": {name: value}, "blockNumber", "logIndex", "transactionHash"}
+Event = dict[str, Any]
+Handler = Callable[[Event], Awaitable[None]]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -51,14 +56,15 @@ class EventPoller:
         `argument_filters` narrows on indexed arguments, e.g. {"executor": my_address}.
         `confirmations` keeps that many blocks behind the head, for chains that reorganize.
         """
-        names = [item["name"] for item in contract.abi if item["type"] == "event"]
-        if event_name not in names:
-            raise ValueError(f"contract {contract.address} has no event {event_name!r}; it has {', '.join(names)}")
+        events = {item["name"]: item for item in contract.abi if item["type"] == "event"}
+        if event_name not in events:
+            raise ValueError(f"contract {contract.address} has no event {event_name!r}; it has {', '.join(events)}")
         self.client = client
-        self.event = getattr(contract.events, event_name)
+        self.address = contract.address
+        self.decode = EventDecoder(events[event_name])
+        self.topics = [self.decode.topic, *_topic_filters(events[event_name], argument_filters or {})]
         self.name = name or f"{contract.address}:{event_name}"
         self.from_block = from_block
-        self.argument_filters = argument_filters
         self.max_range = max_range
         self.confirmations = confirmations
         self._lock = threading.Lock()
@@ -77,16 +83,19 @@ class EventPoller:
             row = self._db.execute("SELECT block FROM checkpoints WHERE name = ?", (self.name,)).fetchone()
         return row[0] if row else self.from_block - 1
 
-    def fetch(self) -> tuple[list[EventData], int | None]:
+    def fetch(self) -> tuple[list[Event], int | None]:
         """Events of the next range after the checkpoint and the range's last block; (.., None)
         when no new block is there. Does not move the checkpoint."""
         start = self.last_block + 1
-        head = self.client.w3.eth.block_number - self.confirmations
+        head = int(rpc.request(self.client.w3, "eth_blockNumber", []), 16) - self.confirmations
         if start > head:
             return [], None
         end = min(head, start + self.max_range - 1)
-        logs = self.event().get_logs(from_block=start, to_block=end, argument_filters=self.argument_filters)
-        return list(logs), end
+        logs = rpc.request(self.client.w3, "eth_getLogs", [{
+            "address": self.address, "topics": self.topics, "fromBlock": hex(start), "toBlock": hex(end)}])
+        return [{"args": self.decode(log), "blockNumber": int(log["blockNumber"], 16),
+                 "logIndex": int(log["logIndex"], 16), "transactionHash": log["transactionHash"]}
+                for log in logs], end
 
     def commit(self, block: int) -> None:
         with self._lock, self._db:
@@ -121,3 +130,16 @@ class EventPoller:
                     await asyncio.wait_for(stop.wait(), interval)
                 except TimeoutError:
                     pass
+
+
+def _topic_filters(event_abi: dict, filters: dict[str, Any]) -> list[str | None]:
+    """eth_getLogs topics 1.. for `filters` on indexed arguments (None: any value)."""
+    indexed = [i for i in event_abi["inputs"] if i["indexed"]]
+    unknown = set(filters) - {i["name"] for i in indexed}
+    if unknown:
+        raise ValueError(f"not indexed arguments of {event_abi['name']}: {', '.join(sorted(unknown))}")
+    topics = ["0x" + encode([i["type"]], [filters[i["name"]]]).hex() if i["name"] in filters else None
+              for i in indexed]
+    while topics and topics[-1] is None:
+        topics.pop()
+    return topics

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 from eth_abi import decode, encode
+from eth_utils import event_abi_to_log_topic, to_checksum_address
 from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types, get_abi_output_types
 
 from agents.chain.client import ChainUnavailable
@@ -45,6 +46,35 @@ class ContractCalls:
     def __call__(self, name: str, *args: Any) -> Call:
         selector, inputs, outputs = self._functions[name]
         return Call(self.address, "0x" + (selector + encode(inputs, args)).hex(), outputs)
+
+
+class EventDecoder:
+    """One event's raw logs (as eth_getLogs returns them) decoded into its arguments by name,
+    addresses checksummed, as web3's event objects give them. Every argument is a static type."""
+
+    def __init__(self, abi: dict):
+        self.topic = "0x" + event_abi_to_log_topic(abi).hex()
+        self._indexed = [(i["name"], i["type"]) for i in abi["inputs"] if i["indexed"]]
+        data = [i for i in abi["inputs"] if not i["indexed"]]
+        self._names = [i["name"] for i in data]
+        self._types = [i["type"] for i in data]
+
+    def __call__(self, log: dict) -> dict:
+        args = {name: decode([kind], bytes.fromhex(topic[2:]))[0]
+                for (name, kind), topic in zip(self._indexed, log["topics"][1:])}
+        args.update(zip(self._names, decode(self._types, bytes.fromhex(log["data"][2:]))))
+        kinds = dict(self._indexed) | dict(zip(self._names, self._types))
+        return {name: to_checksum_address(v) if kinds[name] == "address" else v
+                for name, v in args.items()}
+
+
+def request(w3, method: str, params: list) -> Any:
+    """One JSON-RPC request through a Web3's provider, past its middleware and result formatters,
+    from the threads that make synchronous reads."""
+    answer = w3.provider.make_request(method, params)
+    if "error" in answer:
+        raise RpcError(f"{method} failed: {answer['error'].get('message', answer['error'])}")
+    return answer["result"]
 
 
 class AsyncRpc:

@@ -13,6 +13,7 @@ import shutil
 import socket
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,7 +88,13 @@ def free_port(host: str) -> int:
 def _ports(config: DevnetConfig, count: int) -> list[int]:
     if config.port_base:
         return [config.port_base + i for i in range(count)]
-    return [free_port(config.host) for _ in range(count)]
+    # all held at once: a port closed before the next is asked for can be handed out again, and
+    # two processes given one port lose a race at startup ("address already in use")
+    with ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((config.host, 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def anvil_binary() -> str:

@@ -193,6 +193,9 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request at INFO: some twenty-five chain reads per inference, which bury
+    # the node's own lines; its warnings still show
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def run(settings: NodeSettings) -> None:

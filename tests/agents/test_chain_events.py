@@ -124,3 +124,22 @@ def test_poller__unknown_event__rejected(depositor, tmp_path):
     assert str(err.value).startswith(f"contract {depositor.ledger.address} has no event 'Deposit'; it has ")
     assert "Deposited, Withdrawn, Started, Finished" in str(err.value)
     assert not (tmp_path / "cp.sqlite").exists()
+
+
+def test_poller__filter_on_an_argument_not_indexed__rejected(depositor, tmp_path):
+    with pytest.raises(ValueError, match="not indexed arguments of Deposited: amount"):
+        EventPoller(depositor, depositor.ledger, "Deposited", tmp_path / "cp.sqlite", 0,
+                    argument_filters={"amount": 10})
+
+
+async def test_poller__filter__only_that_client(depositor, make_client, tmp_path):
+    other = make_client(escrow=1)
+    start = depositor.deposit(10)
+    other.transact(other.token.functions.mint(other.address, 5))
+    other.transact(other.token.functions.approve(other.ledger.address, 5))
+    other.transact(other.ledger.functions.deposit(5))
+    depositor.deposit(20)
+    mine, seen = poller(depositor, tmp_path / "cp.sqlite", start), Collector()
+    while await mine.step(seen):
+        pass
+    assert seen.amounts == [10, 20]

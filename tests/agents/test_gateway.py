@@ -32,6 +32,7 @@ from eth_utils import keccak
 from agents.chain.client import ChainClient
 from agents.cli import main as nullius
 from agents.chain.deploy import Deployments, register_model
+from agents.chain.records import load_record
 from agents.client.openai_hook import signing_http_client
 from agents.client.sdk import NulliusClient, NulliusError
 from agents.node import gateway
@@ -39,7 +40,8 @@ from agents.node.admission import AdmissionBook
 from agents.node.app import create_app
 from agents.chain.rpc import AsyncRpc
 from agents.node.chain_view import (
-    FINISHED, VALIDATED, ZERO_ADDRESS, ChainView, HotReads, Members, ModelSnapshot, StartedLog,
+    FINISHED, VALIDATED, ZERO_ADDRESS, ChainView, HotReads, InferenceState, Members, ModelSnapshot,
+    StartedLog,
 )
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext
@@ -703,6 +705,29 @@ def test_hot_reads__started_logs__as_web3_decodes_them(net, mlnode, client_acct,
 
     assert iid in [log.inference_id for log in expected]
     assert asyncio.run(read()) == expected
+
+
+def test_chain_view__raw_reads__as_web3_reads_them(net, mlnode, client_acct, anvil):
+    body = _body(max_tokens=2)
+    r = _post(net.gateway.url, body, _headers(net, client_acct, body))
+    iid = bytes.fromhex(r.headers["X-Nullius-Inference-Id"][2:])
+    # validated: the block whose hash draws the validators exists
+    assert _wait_status(net, iid, {VALIDATED}, anvil) == VALIDATED
+    view, ledger = ChainView(net.gov), net.gov.ledger
+    block = view.block_number()
+    info = view.inference(iid)
+    assert info.record == load_record(ledger, iid, view.start_block)
+    assert view.state(iid, block) == InferenceState(*(
+        bytes(v) if isinstance(v, bytes) else v
+        for v in ledger.functions.stateOf(iid).call(block_identifier=block)))
+    assert view.validators_of(info.record) == ledger.functions.validatorsOf(info.record.as_tuple()).call()
+    for n in (info.finish_block, block, block + 1000):
+        assert view.epoch_of(n) == ledger.functions.epochOf(n).call()
+        assert view.claim_block(view.epoch_of(n)) == ledger.functions.claimBlock(view.epoch_of(n)).call()
+    (finished,) = ledger.events.Finished().get_logs(from_block=view.start_block, to_block=block,
+                                                    argument_filters={"inference_id": iid})
+    assert view._logs("Finished", iid, view.start_block, block) == [
+        {"args": dict(finished["args"]), "blockNumber": finished["blockNumber"]}]
 
 
 def test_sdk__infer_with_quorum__signed_quorum_on_chain_and_paid(net, mlnode, client_acct, anvil):
