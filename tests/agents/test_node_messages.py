@@ -6,6 +6,7 @@ import pytest
 from eth_account import Account
 from pydantic import ValidationError
 
+from agents.protocol import ecdsa
 from agents.protocol.messages import (
     ExecuteOrder, ExecutionReceipt, RequestMappingError, auth_headers, openai_body,
     parse_server_timing, request_from_openai,
@@ -58,6 +59,14 @@ def test_order__malformed_signature__verify_raises():
     bad = _order().model_copy(update={"signature": "0x" + "ff" * 65})
     with pytest.raises(ValueError, match="malformed signature"):
         bad.verify()
+
+
+def test_order__high_s_twin_of_its_signature__refused_as_malformed():
+    signed = _order().sign(GATEWAY.key)
+    sig = bytes.fromhex(signed.signature[2:])
+    twin = sig[:32] + (ecdsa.SECP256K1_N - int.from_bytes(sig[32:64])).to_bytes(32) + bytes([55 - sig[64]])
+    with pytest.raises(ValueError, match=r"malformed signature: signature s must be in the lower half"):
+        signed.model_copy(update={"signature": "0x" + twin.hex()}).verify()
 
 
 def test_order__json_roundtrip__keeps_signature_valid():
