@@ -2,9 +2,10 @@
 
 A poller reads one event of one contract in block ranges (`eth_getLogs`, posted raw and decoded
 with eth-abi: web3's event filters cost a node a few milliseconds of CPU per poll, every second),
-hands each event to a handler, and only then records the range's last block in SQLite. Delivery is at least once: a crash
-between a handler and the checkpoint replays that range, so handlers must be idempotent (they key
-their effects on the inference id, and the outbox ignores a key it already holds).
+hands each event to a handler, and only then records the range's last block in SQLite. Delivery is
+at least once: a crash between a handler and the checkpoint replays that range, so handlers must be
+idempotent (they key their effects on the inference id, and the outbox ignores a key it already
+holds).
 """
 
 from __future__ import annotations

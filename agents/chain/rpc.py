@@ -58,13 +58,13 @@ class EventDecoder:
         data = [i for i in abi["inputs"] if not i["indexed"]]
         self._names = [i["name"] for i in data]
         self._types = [i["type"] for i in data]
+        self._addresses = {i["name"] for i in abi["inputs"] if i["type"] == "address"}
 
     def __call__(self, log: dict) -> dict:
         args = {name: decode([kind], bytes.fromhex(topic[2:]))[0]
                 for (name, kind), topic in zip(self._indexed, log["topics"][1:])}
         args.update(zip(self._names, decode(self._types, bytes.fromhex(log["data"][2:]))))
-        kinds = dict(self._indexed) | dict(zip(self._names, self._types))
-        return {name: to_checksum_address(v) if kinds[name] == "address" else v
+        return {name: to_checksum_address(v) if name in self._addresses else v
                 for name, v in args.items()}
 
 

@@ -3,13 +3,13 @@
 `ChainView`'s calls are synchronous; async handlers run them with `asyncio.to_thread`. Reads use a
 Web3 of their own without the default middleware: its validation layer asks the node for the chain
 id twice per call, which triples the round trips of every view. The reads every finished inference
-costs the validators and the keeper (its status, events and assignment) are posted as raw
-JSON-RPC through that Web3's provider and decoded with eth-abi: a web3 contract call or log query
-costs 2.5 to 3.5 ms of CPU, the same request posted raw under 1 ms, and three nodes make about ten
-per inference on the cores that serve requests. `HotReads` makes the reads
-that requests wait on (the head, the served model with its members and their records, a
-gateway's admission) as JSON-RPC posted from the event loop (agents.chain.rpc says why). Nothing
-here signs or sends, and the ChainClient checked the chain id when it connected.
+costs the validators and the keeper (its status, events and assignment) are posted as raw JSON-RPC
+through that Web3's provider and decoded with eth-abi: a web3 contract call or log query costs 2.5
+to 3.5 ms of CPU, the same request posted raw under 1 ms, and three nodes make about ten per
+inference on the cores that serve requests. `HotReads` makes the reads that requests wait on (the
+head, the served model with its members and their records, a gateway's admission) as JSON-RPC
+posted from the event loop (agents.chain.rpc says why). Nothing here signs or sends, and the
+ChainClient checked the chain id when it connected.
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ class HotReads:
     def __init__(self, view: ChainView, rpc: AsyncRpc):
         self.view, self.rpc = view, rpc
         self.registry = ContractCalls(view.registry.address, view.registry.abi)
-        self.ledger = ContractCalls(view.ledger.address, view.ledger.abi)
+        self.ledger = view.ledger_calls
         self._validator_fee_bps: int | None = None
 
     async def head(self) -> Head:
@@ -377,5 +377,8 @@ class HotReads:
         [logs] = await self.rpc.batch([("eth_getLogs", [{
             "address": self.view.ledger.address, "topics": [started.topic],
             "fromBlock": hex(from_block), "toBlock": hex(to_block)}])])
-        return [StartedLog(args["inference_id"], int(log["blockNumber"], 16), args["deadline"])
-                for log, args in ((log, started(log)) for log in logs)]
+        out = []
+        for log in logs:
+            args = started(log)
+            out.append(StartedLog(args["inference_id"], int(log["blockNumber"], 16), args["deadline"]))
+        return out
