@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import subprocess
+import sys
 import time
 
 from eth_utils import keccak
@@ -40,8 +41,8 @@ FIRST_NONCE = 1 << 64
 
 
 def compile_sketch() -> tuple[list, str]:
-    out = subprocess.run(["vyper", "-p", str(ROOT / "contracts"), str(SKETCH), "-f", "abi,bytecode"],
-                         capture_output=True, text=True, check=True).stdout.split("\n")
+    out = subprocess.run([sys.executable, "-m", "vyper", "-p", str(ROOT / "contracts"), str(SKETCH),
+                          "-f", "abi,bytecode"], capture_output=True, text=True, check=True).stdout.split("\n")
     return json.loads(out[0]), out[1].strip()
 
 

@@ -16,7 +16,6 @@ from eth_utils import keccak, to_checksum_address
 
 # secp256k1's group order: the chain refuses an s above half of it, and signing never makes one
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-_EIP191_PREFIX = b"\x19Ethereum Signed Message:\n32"
 
 
 @lru_cache(maxsize=16)
@@ -54,7 +53,3 @@ def recover(digest: bytes, signature: bytes) -> str:
         raise ValueError(f"signature does not recover: {exc}") from None
     return to_checksum_address(keccak(public.format(compressed=False)[1:])[-20:])
 
-
-def eip191_digest(digest: bytes) -> bytes:
-    """What `personal_sign` signs for a 32-byte message (eth-account's `encode_defunct`)."""
-    return keccak(_EIP191_PREFIX + digest)

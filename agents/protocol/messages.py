@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Self
 
+from eth_account.messages import defunct_hash_message
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.protocol import ecdsa
@@ -128,7 +129,7 @@ class Signed(BaseModel):
         return keccak_json(self.canonical())
 
     def sign(self, private_key: bytes | str) -> Self:
-        signature = ecdsa.sign(ecdsa.eip191_digest(self.digest()), private_key)
+        signature = ecdsa.sign(defunct_hash_message(primitive=self.digest()), private_key)
         return self.model_copy(update={"signature": "0x" + signature.hex()})
 
     def verify(self) -> str:
@@ -136,7 +137,8 @@ class Signed(BaseModel):
         if self.signature is None:
             raise ValueError("message is not signed")
         try:
-            return ecdsa.recover(ecdsa.eip191_digest(self.digest()), bytes.fromhex(self.signature[2:]))
+            return ecdsa.recover(defunct_hash_message(primitive=self.digest()),
+                                 bytes.fromhex(self.signature[2:]))
         except ValueError as exc:
             raise ValueError(f"malformed signature: {exc}") from None
 

@@ -29,11 +29,9 @@ def test_sign__v_27_or_28_and_s_in_the_lower_half():
         assert 0 < int.from_bytes(signature[32:64]) <= ecdsa.SECP256K1_N // 2
 
 
-def test_eip191_digest__equals_eth_account_defunct_hash():
-    digest = bytes(range(32))
-    assert ecdsa.eip191_digest(digest) == defunct_hash_message(primitive=digest)
-    account = Account.from_key(b"\x11" * 32)
-    assert ecdsa.sign(ecdsa.eip191_digest(digest), account.key) == bytes(
+def test_sign__eip191_digest__equals_eth_account_message_signature():
+    digest, account = bytes(range(32)), Account.from_key(b"\x11" * 32)
+    assert ecdsa.sign(defunct_hash_message(primitive=digest), account.key) == bytes(
         Account.sign_message(encode_defunct(primitive=digest), account.key).signature)
 
 
