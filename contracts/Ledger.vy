@@ -5,20 +5,25 @@
 @notice Client escrow, the inference ledger, verdicts, disputes, epochs and rewards of Nullius.
 
         One inference: a client deposits tokens and signs an EIP-712 `Inference` whose digest is
-        the inference id. Anyone (the gateway) calls `start`: the Ledger checks the signature,
-        recomputes the stake-weighted executor draw with seed keccak(id ‖ blockhash(seed_block))
-        and locks max_tokens × price, plus a validator fee per extra validator the client signed
-        for (`quorum`: it is then always validated, by 1 + quorum validators). The executor calls `finish`: the cost is credited to its
-        account for the current epoch, the rest of the lock returns to escrow. A later block's hash
+        the inference id. Anyone (the gateway) calls `startBatch` with inferences drawn to one
+        executor: the Ledger checks each signature and nonce, recomputes the stake-weighted
+        executor draw with seed keccak(id ‖ blockhash(seed_block)) and locks max_tokens × price,
+        plus a validator fee per extra validator the client signed for (`quorum`: it is then
+        always validated, by 1 + quorum validators). The executor calls `finishBatch` for the
+        whole batch: each cost is credited to its account for the current epoch, the rest of each
+        lock returns to escrow. A later block's hash
         decides whether and by whom the inference is validated (`validatorsOf`). A passed verdict
         moves a fee share to the validator's account; a failed one opens a dispute that a jury,
         drawn with fresh randomness, decides by stake-weighted vote. Accounts are claimed once the
         epoch's settlement delay is over, together with a share of the epoch's reward pool for the
-        eligible. A start never finished can be `expire`d by anyone.
+        eligible. A batch never finished can be `expireBatch`ed by anyone.
 
-        Storage: one slot per inference, the top 240 bits of keccak(abi_encode(Record)) with the
-        status and verdict flags in the low 16 bits. Callers pass the Record back (Python rebuilds
-        it from the Started and Finished events: agents/chain/records.py).
+        Storage (docs/gas.md): one slot per batch, not per inference. A started batch holds the
+        hash of its terms and items; a finished one the Merkle root of its records
+        (keccak(abi_encode(Record))). Every call after `finishBatch` passes a Record back with its
+        Merkle proof (Python rebuilds both from the batch's events: agents/chain/batches.py), and
+        an inference gets a slot of its own only when a verdict comes (its status and verdict
+        flags). The replay guard is a bitmap of each client's nonces.
 
         Roles: none of its own. Executors, validators and jurors are fixed by the draws; the
         Registry's gov wires this contract there.
@@ -35,8 +40,9 @@ from ethereum.ercs import IERC20
 from .interfaces import IRegistry
 
 from snekmate.utils import block_hash
+from snekmate.utils import merkle_proof_verification
 from snekmate.utils import eip712_domain_separator
-from snekmate.utils import signature_checker
+from snekmate.utils import ecdsa
 
 initializes: eip712_domain_separator
 
@@ -49,6 +55,8 @@ BPS: constant(uint256) = 10_000
 # Validation probability at full reputation, in basis points (1%).
 MIN_VALIDATION_BPS: constant(uint256) = 100
 MAX_BATCH: constant(uint256) = 32
+# The depth of a Merkle tree of MAX_BATCH leaves: a proof's bound.
+MAX_PROOF: constant(uint256) = 5
 # Extra validators a client may buy for one inference; validator slots are 1 + quorum.
 MAX_QUORUM: constant(uint256) = 3
 MAX_JURY: constant(uint256) = 5
@@ -59,7 +67,8 @@ INFERENCE_TYPEHASH: constant(bytes32) = keccak256(
     "Inference(address client,bytes32 modelId,bytes32 requestHash,uint256 maxTokens,uint256 maxPrice,uint256 nonce,uint256 deadline,uint256 quorum)"
 )
 
-# Inference status, bits 0-3 of its slot; 0 is none.
+# Inference status, bits 0-3 of its verdict slot; 0 is none. A batch's status is STARTED,
+# FINISHED or EXPIRED, in the low BATCH_BITS of its slot.
 STARTED: constant(uint256) = 1
 FINISHED: constant(uint256) = 2
 VALIDATED: constant(uint256) = 3
@@ -72,7 +81,8 @@ VOTED_SHIFT: constant(uint256) = 4
 PASSED_SHIFT: constant(uint256) = 8
 # Bit 12: a dispute was resolved; the inference is decided for good.
 JUDGED: constant(uint256) = 4096
-FLAGS_BITS: constant(uint256) = 16
+BATCH_BITS: constant(uint256) = 8
+BATCH_STATUS_MASK: constant(uint256) = 255
 
 # Account flags.
 INELIGIBLE: constant(uint256) = 1
@@ -128,23 +138,46 @@ struct Params:
     accuser_penalty_bps: uint256
 
 
-struct StartArgs:
+# One signed inference of a `startBatch`.
+struct StartItem:
     client: address
-    model_id: bytes32
     request_hash: bytes32
     max_tokens: uint32
     max_price: uint256
     nonce: uint256
     deadline: uint64
-    signature: Bytes[65]
+    quorum: uint256
     seed_block: uint256
+    signature: Bytes[65]
+
+
+# What a batch's items share.
+struct BatchTerms:
     executor: address
+    model_id: bytes32
+    price: uint256
+
+
+# A started inference as its batch commits it (and `Started` logs it).
+struct Item:
+    inference_id: bytes32
+    client: address
+    max_tokens: uint256
+    deadline: uint256
     quorum: uint256
 
 
-# An inference as the caller passes it back; hashed into the inference's slot.
+# An executor's answer to one item.
+struct Answer:
+    response_hash: bytes32
+    artifact_digest: bytes32
+    completion_tokens: uint256
+
+
+# A finished inference as the caller passes it back: a leaf of its batch's Merkle root.
 struct Record:
     inference_id: bytes32
+    batch: uint256
     client: address
     executor: address
     model_id: bytes32
@@ -157,18 +190,15 @@ struct Record:
     p_bps: uint256
 
 
-struct FinishArgs:
-    record: Record
-    response_hash: bytes32
-    artifact_digest: bytes32
-    completion_tokens: uint32
-
-
 struct InferenceState:
     status: uint256
-    record_hash: bytes32
     voted_mask: uint256
     passed_mask: uint256
+
+
+struct BatchState:
+    status: uint256
+    commitment: bytes32
 
 
 # A participant's account for one epoch.
@@ -214,8 +244,16 @@ struct ClientStats:
 
 # ---------------------------------------------------------------- storage
 
-# Per inference: top 240 bits of keccak(abi_encode(Record)) | flags (bits 0-15).
-_slots: HashMap[bytes32, uint256]
+# Per batch: the top 248 bits of its commitment | its status. Started or expired:
+# keccak(abi_encode(BatchTerms, item leaves)), a leaf keccak(abi_encode(Item)); finished: the
+# Merkle root (sorted pairs) of its records' keccak(abi_encode(Record)).
+_batches: HashMap[uint256, uint256]
+# Batches started so far; the next batch's number.
+batchCount: public(uint256)
+# Per inference with a verdict: its status | voted and passed masks | JUDGED. 0: as its batch.
+_verdicts: HashMap[bytes32, uint256]
+# Per client, the nonces started: word nonce >> 8, bit nonce & 255.
+_nonces: HashMap[address, HashMap[uint256, uint256]]
 # Per inference with a dispute opened; the jury is seated by the first vote or the resolution.
 disputes: public(HashMap[bytes32, Dispute])
 # Tokens each client holds in escrow, free to lock or withdraw.
@@ -253,22 +291,35 @@ event Withdrawn:
 event Started:
     inference_id: indexed(bytes32)
     client: indexed(address)
-    executor: indexed(address)
-    model_id: bytes32
+    batch: indexed(uint256)
     request_hash: bytes32
-    price: uint256
     max_tokens: uint256
     deadline: uint256
     quorum: uint256
 
+event BatchStarted:
+    batch: indexed(uint256)
+    executor: indexed(address)
+    model_id: bytes32
+    price: uint256
+    size: uint256
+
 event Finished:
     inference_id: indexed(bytes32)
-    executor: indexed(address)
+    batch: indexed(uint256)
     response_hash: bytes32
     artifact_digest: bytes32
     completion_tokens: uint256
-    cost: uint256
+
+event BatchFinished:
+    batch: indexed(uint256)
+    executor: indexed(address)
+    root: bytes32
     p_bps: uint256
+
+event BatchExpired:
+    batch: indexed(uint256)
+    executor: indexed(address)
 
 event Validated:
     inference_id: indexed(bytes32)
@@ -473,58 +524,154 @@ def rollover(epoch: uint256):
 # ---------------------------------------------------------------- inference lifecycle
 
 @external
-def start(a: StartArgs):
+def startBatch(executor: address, model_id: bytes32, items: DynArray[StartItem, MAX_BATCH]) -> uint256:
     """
-    @notice Records a client-signed inference and locks max_tokens × price of its escrow, plus
-            quorum × the validator fee on that.
-    @dev Anyone may submit it; the signature, the executor draw and the escrow decide.
-    @param a The signed authorization, the seed block and the drawn executor.
+    @notice Records client-signed inferences drawn to one executor as one batch, and locks each
+            one's max_tokens × price of its client's escrow, plus quorum × the validator fee on
+            that. All or none.
+    @dev Anyone (the gateway) may submit it; the signatures, the executor draws and the escrow
+         decide. The batch stores one slot: a hash over its items (`Item`, as `Started` logs them).
+    @param executor The executor every item was drawn to.
+    @param model_id The model every item was signed for.
+    @param items The signed authorizations, each with its seed block.
+    @return uint256 The batch's number.
     """
-    self._start(a)
+    assert len(items) > 0, "ledger: empty batch"
+    known: bool = False
+    price: uint256 = 0
+    known, price = staticcall registry.modelPrice(model_id)
+    assert known, "ledger: unknown model"
+    batch: uint256 = self.batchCount
+    leaves: DynArray[bytes32, MAX_BATCH] = []
+    locked: uint256 = 0
+    for a: StartItem in items:
+        lock: uint256 = 0
+        leaf: bytes32 = empty(bytes32)
+        lock, leaf = self._start(a, batch, executor, model_id, price)
+        locked += lock
+        leaves.append(leaf)
+    self.totalEscrow -= locked
+    self.totalLocked += locked
+    self.batchCount = batch + 1
+    terms: BatchTerms = BatchTerms(executor=executor, model_id=model_id, price=price)
+    self._batches[batch] = self._pack(self._commitment(terms, leaves), STARTED)
+    log BatchStarted(batch=batch, executor=executor, model_id=model_id, price=price, size=len(items))
+    return batch
 
 
 @external
-def startBatch(args: DynArray[StartArgs, MAX_BATCH]):
+def finishBatch(
+    batch: uint256, terms: BatchTerms, items: DynArray[Item, MAX_BATCH], answers: DynArray[Answer, MAX_BATCH]
+):
     """
-    @notice `start` for many inferences in one transaction; all or none.
-    @param args The start arguments.
+    @notice The executor reports the answers of a whole batch: each cost = completion_tokens ×
+            price (plus the quorum's fees) goes to its account for this epoch, the rest of each
+            lock to the client's escrow. An item it could not serve is finished with 0 tokens:
+            its client gets the whole lock back.
+    @dev The Ledger rebuilds the batch's hash from the items, which authenticates them all, and
+         stores the Merkle root of the finished records instead; later calls prove a record
+         against it.
+    @param batch The batch.
+    @param terms The batch's executor, model and price, as `BatchStarted` logged them.
+    @param items The batch's items in their `Started` order.
+    @param answers Each item's answer: response and artifact hashes, output tokens.
     """
-    for a: StartArgs in args:
-        self._start(a)
+    self._check_started(batch, terms, items)
+    assert msg.sender == terms.executor, "ledger: not executor"
+    assert len(answers) == len(items), "ledger: answers mismatch"
+    rep: uint256 = min(staticcall registry.reputationOf(terms.executor), max_reputation)
+    # The probability is fixed now so that later reputation changes cannot move the assignment.
+    p_bps: uint256 = BPS - (BPS - MIN_VALIDATION_BPS) * rep // max_reputation
+    records: DynArray[bytes32, MAX_BATCH] = []
+    unlocked: uint256 = 0
+    fees: uint256 = 0
+    weight: uint256 = 0
+    for i: uint256 in range(len(items), bound=MAX_BATCH):
+        it: Item = items[i]
+        tokens: uint256 = answers[i].completion_tokens
+        assert tokens <= it.max_tokens, "ledger: too many tokens"
+        lock: uint256 = it.max_tokens * terms.price
+        cost: uint256 = tokens * terms.price
+        # The client paid for `quorum` more validators: their fees go to the executor's account,
+        # from which every validator of this inference is paid as it passes it.
+        quorum_lock: uint256 = it.quorum * self._fee(lock)
+        quorum_fee: uint256 = it.quorum * self._fee(cost)
+        self.escrowOf[it.client] += lock - cost + quorum_lock - quorum_fee
+        self._client_stats[it.client].spent += cost + quorum_fee
+        unlocked += lock + quorum_lock
+        fees += cost + quorum_fee
+        weight += cost
+        records.append(keccak256(abi_encode(Record(
+            inference_id=it.inference_id,
+            batch=batch,
+            client=it.client,
+            executor=terms.executor,
+            model_id=terms.model_id,
+            price=terms.price,
+            max_tokens=it.max_tokens,
+            deadline=it.deadline,
+            quorum=it.quorum,
+            completion_tokens=tokens,
+            finish_block=block.number,
+            p_bps=p_bps,
+        ))))
+        log Finished(
+            inference_id=it.inference_id,
+            batch=batch,
+            response_hash=answers[i].response_hash,
+            artifact_digest=answers[i].artifact_digest,
+            completion_tokens=tokens,
+        )
+    self.totalLocked -= unlocked
+    self.totalEscrow += unlocked - fees
+    self.totalFees += fees
+    e: uint256 = self._epoch_of(block.number)
+    self.accounts[terms.executor][e].fees += fees
+    self.accounts[terms.executor][e].weight += weight
+    if self.accounts[terms.executor][e].flags & INELIGIBLE == 0:
+        self.epochs[e].eligible_weight += weight
+    self._stats[terms.executor].served += len(items)
+    root: bytes32 = self._merkle_root(records)
+    self._batches[batch] = self._pack(root, FINISHED)
+    log BatchFinished(batch=batch, executor=terms.executor, root=root, p_bps=p_bps)
 
 
 @external
-def finish(f: FinishArgs):
+def expireBatch(batch: uint256, terms: BatchTerms, items: DynArray[Item, MAX_BATCH]):
     """
-    @notice The executor reports its answer: cost = completion_tokens × price (plus the quorum's
-            fees) goes to its account for this epoch, the rest of the locks to the client's escrow.
-    @param f The record, the answer's hashes and the output token count.
+    @notice Refunds every lock of a batch never finished, once `validation_window` seconds have
+            passed after its earliest deadline; its executor loses the current epoch's reward.
+            Anyone may call it.
+    @param batch The batch.
+    @param terms The batch's executor, model and price, as `BatchStarted` logged them.
+    @param items The batch's items in their `Started` order.
     """
-    self._finish(f)
+    self._check_started(batch, terms, items)
+    refunds: uint256 = 0
+    for it: Item in items:
+        assert block.timestamp > it.deadline + validation_window, "ledger: not expired"
+        lock: uint256 = it.max_tokens * terms.price
+        refund: uint256 = lock + it.quorum * self._fee(lock)
+        refunds += refund
+        self._refund(it.inference_id, it.client, refund)
+    self.totalLocked -= refunds
+    self._batches[batch] = self._batches[batch] >> BATCH_BITS << BATCH_BITS | EXPIRED
+    self._mark(terms.executor, self._epoch_of(block.number), REASON_EXPIRED)
+    log BatchExpired(batch=batch, executor=terms.executor)
 
 
 @external
-def finishBatch(args: DynArray[FinishArgs, MAX_BATCH]):
-    """
-    @notice `finish` for many inferences in one transaction; all or none.
-    @param args The finish arguments.
-    """
-    for f: FinishArgs in args:
-        self._finish(f)
-
-
-@external
-def submitValidation(r: Record, passed: bool, score: uint256):
+def submitValidation(r: Record, proof: DynArray[bytes32, MAX_PROOF], passed: bool, score: uint256):
     """
     @notice An assigned validator's verdict. Passed: the validator fee moves from the executor's
             account to the validator's. Failed: a dispute opens, unless one is open already.
     @param r The inference's record.
+    @param proof The record's Merkle proof in its batch.
     @param passed Whether the artifact passed validation.
     @param score The validator's score, logged for calibration.
     """
-    flags: uint256 = self._flags(r)
+    flags: uint256 = self._flags(r, proof)
     status: uint256 = flags & STATUS_MASK
-    assert status >= FINISHED and status != EXPIRED, "ledger: not finished"
     assert flags & JUDGED == 0 and status != INVALIDATED, "ledger: already decided"
     assert block.number > r.finish_block + 1, "ledger: assignment pending"
     assert block.number <= r.finish_block + validation_window, "ledger: validation window closed"
@@ -547,7 +694,7 @@ def submitValidation(r: Record, passed: bool, score: uint256):
     elif status != DISPUTED:
         flags = (flags & ~STATUS_MASK) | DISPUTED
         self._open_dispute(r, e)
-    self._slots[r.inference_id] = (self._slots[r.inference_id] >> FLAGS_BITS << FLAGS_BITS) | flags
+    self._verdicts[r.inference_id] = flags
 
 
 @external
@@ -580,14 +727,15 @@ def vote(inference_id: bytes32, valid: bool):
 
 
 @external
-def resolve(r: Record):
+def resolve(r: Record, proof: DynArray[bytes32, MAX_PROOF]):
     """
     @notice Ends a dispute after its deadline, or once every juror voted. Invalid iff the stake
             voting invalid exceeds the stake voting valid; with no votes or a tie the executor is
             presumed valid and the accuser is not penalized. Jurors who did not vote are lazy.
     @param r The disputed inference's record.
+    @param proof The record's Merkle proof in its batch.
     """
-    flags: uint256 = self._flags(r)
+    flags: uint256 = self._flags(r, proof)
     d: Dispute = self.disputes[r.inference_id]
     assert d.open, "ledger: no dispute"
     jury: DynArray[address, MAX_DRAWN] = empty(DynArray[address, MAX_DRAWN])
@@ -612,42 +760,21 @@ def resolve(r: Record):
         if d.votes_valid > d.votes_invalid:
             self._penalize_accuser(d.accuser)
         flags = (flags & ~STATUS_MASK) | VALIDATED
-    self._slots[r.inference_id] = (self._slots[r.inference_id] >> FLAGS_BITS << FLAGS_BITS) | flags | JUDGED
+    self._verdicts[r.inference_id] = flags | JUDGED
     log DisputeResolved(
         inference_id=r.inference_id, invalid=invalid, votes_valid=d.votes_valid, votes_invalid=d.votes_invalid
     )
 
 
 @external
-def expire(r: Record):
-    """
-    @notice Refunds the locks of an inference never finished, once `validation_window` seconds
-            have passed after its deadline; its executor loses the current epoch's reward.
-    @param r The inference's record.
-    """
-    self._expire(r)
-
-
-@external
-def expireBatch(records: DynArray[Record, MAX_BATCH]):
-    """
-    @notice `expire` for many inferences in one transaction; all or none.
-    @param records The records.
-    """
-    for r: Record in records:
-        self._expire(r)
-
-
-@external
-def reportLazy(r: Record):
+def reportLazy(r: Record, proof: DynArray[bytes32, MAX_PROOF]):
     """
     @notice After the validation window of a finished inference, and before its epoch settles,
             makes every assigned validator that submitted nothing ineligible for that epoch.
     @param r The inference's record.
+    @param proof The record's Merkle proof in its batch.
     """
-    flags: uint256 = self._flags(r)
-    status: uint256 = flags & STATUS_MASK
-    assert status >= FINISHED and status != EXPIRED, "ledger: not finished"
+    flags: uint256 = self._flags(r, proof)
     assert block.number > r.finish_block + validation_window, "ledger: window open"
     e: uint256 = self._epoch_of(r.finish_block)
     assert block.number < self._claim_block(e), "ledger: epoch settled"
@@ -665,34 +792,61 @@ def reportLazy(r: Record):
 
 @external
 @view
-def stateOf(inference_id: bytes32) -> InferenceState:
+def batchOf(batch: uint256) -> BatchState:
     """
-    @notice An inference's status (0 none, 1 started, 2 finished, 3 validated, 4 invalidated,
-            5 disputed, 6 expired), its record hash (low 16 bits zero) and verdict masks.
-    @param inference_id The inference.
-    @return InferenceState (status, record_hash, voted_mask, passed_mask).
+    @notice A batch's status (0 none, 1 started, 2 finished, 6 expired) and its commitment (low 8
+            bits zero): the hash of its terms and items while started or expired, the Merkle root
+            of its finished records once finished.
+    @param batch The batch.
+    @return BatchState (status, commitment).
     """
-    s: uint256 = self._slots[inference_id]
-    return InferenceState(
-        status=s & STATUS_MASK,
-        record_hash=convert(s >> FLAGS_BITS << FLAGS_BITS, bytes32),
-        voted_mask=(s >> VOTED_SHIFT) & 15,
-        passed_mask=(s >> PASSED_SHIFT) & 15,
-    )
+    s: uint256 = self._batches[batch]
+    return BatchState(status=s & BATCH_STATUS_MASK, commitment=convert(s >> BATCH_BITS << BATCH_BITS, bytes32))
 
 
 @external
 @view
-def validatorsOf(r: Record) -> DynArray[address, MAX_DRAWN]:
+def stateOf(batch: uint256, inference_id: bytes32) -> InferenceState:
+    """
+    @notice An inference's status (0 none, 1 started, 2 finished, 3 validated, 4 invalidated,
+            5 disputed, 6 expired) and verdict masks: its batch's status until a verdict came.
+    @dev Membership is not checked here (`Started` logs it); every call that changes an
+         inference's state proves its record in the batch.
+    @param batch The inference's batch.
+    @param inference_id The inference.
+    @return InferenceState (status, voted_mask, passed_mask).
+    """
+    status: uint256 = self._batches[batch] & BATCH_STATUS_MASK
+    v: uint256 = self._verdicts[inference_id]
+    if status == FINISHED and v != 0:
+        status = v & STATUS_MASK
+    return InferenceState(status=status, voted_mask=(v >> VOTED_SHIFT) & 15, passed_mask=(v >> PASSED_SHIFT) & 15)
+
+
+@external
+@view
+def nonceUsed(client: address, nonce: uint256) -> bool:
+    """
+    @notice Whether a client's signed nonce was started already.
+    @param client The client.
+    @param nonce The nonce.
+    @return bool True once an inference with it was started.
+    """
+    return self._nonces[client][nonce >> 8] & (1 << (nonce & 255)) != 0
+
+
+@external
+@view
+def validatorsOf(r: Record, proof: DynArray[bytes32, MAX_PROOF]) -> DynArray[address, MAX_DRAWN]:
     """
     @notice Who must validate a finished inference. rand = keccak(id ‖ blockhash(finish_block + 1));
             validated iff quorum > 0 or rand % 10000 < p_bps; then 1 + quorum validators by
             registry.drawDistinct(model, rand, [executor], 1 + quorum).
     @param r The inference's record.
+    @param proof The record's Merkle proof in its batch.
     @return DynArray The validators; empty when the inference is not validated.
     """
-    flags: uint256 = self._flags(r)
-    assert flags & STATUS_MASK >= FINISHED and flags & STATUS_MASK != EXPIRED, "ledger: not finished"
+    self._flags(r, proof)
     assert block.number > r.finish_block + 1, "ledger: assignment pending"
     return self._validators(r)
 
@@ -746,20 +900,20 @@ def clientStats(client: address) -> ClientStats:
 # ---------------------------------------------------------------- internal
 
 @internal
-def _start(a: StartArgs):
+def _start(
+    a: StartItem, batch: uint256, executor: address, model_id: bytes32, price: uint256
+) -> (uint256, bytes32):
+    # One item of `startBatch`: checks it, takes its lock from escrow, logs it; returns the lock
+    # and the item's leaf.
     assert convert(a.deadline, uint256) >= block.timestamp, "ledger: expired"
     assert a.quorum <= MAX_QUORUM, "ledger: quorum too large"
-    known: bool = False
-    price: uint256 = 0
-    known, price = staticcall registry.modelPrice(a.model_id)
-    assert known, "ledger: unknown model"
     assert price <= a.max_price, "ledger: price above max"
     inference_id: bytes32 = eip712_domain_separator._hash_typed_data_v4(
         keccak256(
             abi_encode(
                 INFERENCE_TYPEHASH,
                 a.client,
-                a.model_id,
+                model_id,
                 a.request_hash,
                 a.max_tokens,
                 a.max_price,
@@ -769,102 +923,102 @@ def _start(a: StartArgs):
             )
         )
     )
-    assert signature_checker._is_valid_signature_now(a.client, inference_id, a.signature), (
-        "ledger: bad signature"
-    )
-    assert self._slots[inference_id] == 0, "ledger: already started"
+    # an EOA's signature (ecrecover): the Ledger has no room left for ERC-1271 contract wallets
+    signer: address = ecdsa._recover_sig(inference_id, a.signature)
+    assert signer != empty(address) and signer == a.client, "ledger: bad signature"
+    word: uint256 = a.nonce >> 8
+    bit: uint256 = 1 << (a.nonce & 255)
+    used: uint256 = self._nonces[a.client][word]
+    assert used & bit == 0, "ledger: nonce used"
+    self._nonces[a.client][word] = used | bit
     assert a.seed_block < block.number and a.seed_block + 256 >= block.number, "ledger: stale seed block"
     seed: bytes32 = keccak256(concat(inference_id, blockhash(a.seed_block)))
-    drawn: address = staticcall registry.drawExecutor(a.model_id, seed)
-    assert drawn != empty(address) and drawn == a.executor, "ledger: executor mismatch"
-    lock: uint256 = convert(a.max_tokens, uint256) * price
+    drawn: address = staticcall registry.drawExecutor(model_id, seed)
+    assert drawn != empty(address) and drawn == executor, "ledger: executor mismatch"
+    max_tokens: uint256 = convert(a.max_tokens, uint256)
+    lock: uint256 = max_tokens * price
     # the signed quorum's validator fees are locked with the answer's worst-case cost
     lock += a.quorum * self._fee(lock)
     assert self.escrowOf[a.client] >= lock, "ledger: insufficient escrow"
-
     self.escrowOf[a.client] -= lock
-    self.totalEscrow -= lock
-    self.totalLocked += lock
-    r: Record = Record(
+    item: Item = Item(
         inference_id=inference_id,
         client=a.client,
-        executor=a.executor,
-        model_id=a.model_id,
-        price=price,
-        max_tokens=convert(a.max_tokens, uint256),
+        max_tokens=max_tokens,
         deadline=convert(a.deadline, uint256),
         quorum=a.quorum,
-        completion_tokens=0,
-        finish_block=0,
-        p_bps=0,
     )
-    self._slots[inference_id] = self._pack(r, STARTED)
     log Started(
         inference_id=inference_id,
         client=a.client,
-        executor=a.executor,
-        model_id=a.model_id,
+        batch=batch,
         request_hash=a.request_hash,
-        price=price,
-        max_tokens=r.max_tokens,
-        deadline=r.deadline,
+        max_tokens=max_tokens,
+        deadline=item.deadline,
         quorum=a.quorum,
     )
+    return lock, keccak256(abi_encode(item))
 
 
 @internal
-def _finish(f: FinishArgs):
-    r: Record = f.record
-    assert self._flags(r) & STATUS_MASK == STARTED, "ledger: not started"
-    assert msg.sender == r.executor, "ledger: not executor"
-    tokens: uint256 = convert(f.completion_tokens, uint256)
-    assert tokens <= r.max_tokens, "ledger: too many tokens"
-    lock: uint256 = r.max_tokens * r.price
-    cost: uint256 = tokens * r.price
-    # The client paid for `quorum` more validators: their fees go to the executor's account,
-    # from which every validator of this inference is paid as it passes it.
-    quorum_lock: uint256 = r.quorum * self._fee(lock)
-    quorum_fee: uint256 = r.quorum * self._fee(cost)
-    back: uint256 = lock - cost + quorum_lock - quorum_fee
-    self.totalLocked -= lock + quorum_lock
-    self.escrowOf[r.client] += back
-    self.totalEscrow += back
-    self.totalFees += cost + quorum_fee
-    e: uint256 = self._epoch_of(block.number)
-    self.accounts[r.executor][e].fees += cost + quorum_fee
-    self.accounts[r.executor][e].weight += cost
-    if self.accounts[r.executor][e].flags & INELIGIBLE == 0:
-        self.epochs[e].eligible_weight += cost
-    # The probability is fixed now so that later reputation changes cannot move the assignment.
-    rep: uint256 = min(staticcall registry.reputationOf(r.executor), max_reputation)
-    r.completion_tokens = tokens
-    r.finish_block = block.number
-    r.p_bps = BPS - (BPS - MIN_VALIDATION_BPS) * rep // max_reputation
-    self._slots[r.inference_id] = self._pack(r, FINISHED)
-    self._stats[r.executor].served += 1
-    self._client_stats[r.client].spent += cost + quorum_fee
-    log Finished(
-        inference_id=r.inference_id,
-        executor=r.executor,
-        response_hash=f.response_hash,
-        artifact_digest=f.artifact_digest,
-        completion_tokens=tokens,
-        cost=cost,
-        p_bps=r.p_bps,
-    )
+@pure
+def _commitment(terms: BatchTerms, leaves: DynArray[bytes32, MAX_BATCH]) -> bytes32:
+    # A started batch's hash: its terms and its items' leaves, in order.
+    return keccak256(abi_encode(terms, leaves))
 
 
 @internal
-def _expire(r: Record):
-    flags: uint256 = self._flags(r)
-    assert flags & STATUS_MASK == STARTED, "ledger: not started"
-    assert block.timestamp > r.deadline + validation_window, "ledger: not expired"
-    lock: uint256 = r.max_tokens * r.price
-    refund: uint256 = lock + r.quorum * self._fee(lock)
-    self._slots[r.inference_id] = (self._slots[r.inference_id] >> FLAGS_BITS << FLAGS_BITS) | EXPIRED
-    self.totalLocked -= refund
-    self._refund(r.inference_id, r.client, refund)
-    self._mark(r.executor, self._epoch_of(block.number), REASON_EXPIRED)
+@view
+def _check_started(batch: uint256, terms: BatchTerms, items: DynArray[Item, MAX_BATCH]):
+    # The batch is started, and `terms` and `items` are what started it.
+    s: uint256 = self._batches[batch]
+    assert s & BATCH_STATUS_MASK == STARTED, "ledger: not started"
+    leaves: DynArray[bytes32, MAX_BATCH] = []
+    for it: Item in items:
+        leaves.append(keccak256(abi_encode(it)))
+    assert self._pack(self._commitment(terms, leaves), STARTED) == s, "ledger: batch mismatch"
+
+
+@internal
+@pure
+def _merkle_root(leaves: DynArray[bytes32, MAX_BATCH]) -> bytes32:
+    # The root that snekmate's merkle_proof_verification checks proofs against (sorted pairs); a
+    # level's last node without a sibling moves up as it is (agents/chain/batches.py builds the
+    # same tree).
+    level: DynArray[bytes32, MAX_BATCH] = leaves
+    for _: uint256 in range(MAX_PROOF):
+        if len(level) == 1:
+            break
+        up: DynArray[bytes32, MAX_BATCH] = []
+        for j: uint256 in range(MAX_BATCH // 2):
+            if 2 * j + 1 < len(level):
+                up.append(merkle_proof_verification._hash_pair(level[2 * j], level[2 * j + 1]))
+            elif 2 * j + 1 == len(level):
+                up.append(level[2 * j])
+            else:
+                break
+        level = up
+    return level[0]
+
+
+@internal
+@view
+def _flags(r: Record, proof: DynArray[bytes32, MAX_PROOF]) -> uint256:
+    # A finished record's status and verdict flags, once `proof` shows it is in its batch's root.
+    s: uint256 = self._batches[r.batch]
+    assert s & BATCH_STATUS_MASK == FINISHED, "ledger: not finished"
+    root: bytes32 = merkle_proof_verification._process_proof(proof, keccak256(abi_encode(r)))
+    assert self._pack(root, FINISHED) == s, "ledger: record mismatch"
+    flags: uint256 = self._verdicts[r.inference_id]
+    if flags == 0:
+        return FINISHED
+    return flags
+
+
+@internal
+@pure
+def _pack(commitment: bytes32, status: uint256) -> uint256:
+    return convert(commitment, uint256) >> BATCH_BITS << BATCH_BITS | status
 
 
 @internal
@@ -1005,23 +1159,6 @@ def _slot_of(validators: DynArray[address, MAX_DRAWN], who: address) -> uint256:
         if validators[i] == who:
             return i
     return MAX_QUORUM + 1
-
-
-@internal
-@view
-def _flags(r: Record) -> uint256:
-    # 0 for an unknown inference, so that callers report it as "not started" / "not finished".
-    s: uint256 = self._slots[r.inference_id]
-    if s == 0:
-        return 0
-    assert s >> FLAGS_BITS == convert(keccak256(abi_encode(r)), uint256) >> FLAGS_BITS, "ledger: record mismatch"
-    return s & (2**FLAGS_BITS - 1)
-
-
-@internal
-@pure
-def _pack(r: Record, flags: uint256) -> uint256:
-    return (convert(keccak256(abi_encode(r)), uint256) >> FLAGS_BITS << FLAGS_BITS) | flags
 
 
 @internal

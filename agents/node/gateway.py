@@ -263,7 +263,7 @@ async def dispatch(ctx: NodeContext, request: InferenceRequest, signature: bytes
     # The start is queued (a durable SQLite write) while the executor already works.
     queued = asyncio.create_task(asyncio.to_thread(
         ctx.outbox.enqueue, "start", "0x" + inference_id.hex(),
-        start_args(request, signature, seed_block, executor)))
+        [executor, "0x" + eip712.model_id(request.model).hex(), start_item(request, signature, seed_block)]))
     ctx.state.watch("expire", inference_id, request.deadline)
     log.info("gateway: inference 0x%s to executor %s (seed block %d)", inference_id.hex(), executor,
              seed_block)
@@ -275,11 +275,12 @@ async def dispatch(ctx: NodeContext, request: InferenceRequest, signature: bytes
         await queued
 
 
-def start_args(request: InferenceRequest, signature: bytes, seed_block: int, executor: str) -> list:
-    """Ledger StartArgs, in field order (docs/protocol.md section 2)."""
-    return [to_checksum_address(request.client), "0x" + eip712.model_id(request.model).hex(),
-            "0x" + request.request_hash.hex(), request.max_tokens, request.max_price, request.nonce,
-            request.deadline, "0x" + signature.hex(), seed_block, executor, request.quorum]
+def start_item(request: InferenceRequest, signature: bytes, seed_block: int) -> list:
+    """A Ledger StartItem, in field order (docs/protocol.md section 2); `startBatch` takes the
+    executor and the model once per batch."""
+    return [to_checksum_address(request.client), "0x" + request.request_hash.hex(), request.max_tokens,
+            request.max_price, request.nonce, request.deadline, request.quorum, seed_block,
+            "0x" + signature.hex()]
 
 
 async def forward(ctx: NodeContext, url: str, order: ExecuteOrder, headers: dict,
