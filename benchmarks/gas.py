@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     plot(rows, path.with_suffix(".png"))
     show("Ledger gas and calldata per inference (median)",
          ["batch", "start gas", "finish gas", "total gas", "calldata bytes"],
-         [[f"first of 16" if r is first else f"{r['batch']}", r["start_gas"], r["finish_gas"],
+         [["first of 16" if r is first else f"{r['batch']}", r["start_gas"], r["finish_gas"],
            r["total_gas"], r["start_calldata_bytes"] + r["finish_calldata_bytes"]]
           for r in [first, *rows]])
     show_split("Batch of 16: gas per inference by kind", split)

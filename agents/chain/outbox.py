@@ -1,12 +1,12 @@
 """The persistent outbox: chain writes leave the request path, get batched, and survive restarts.
 
-Roles enqueue what they want on chain; `run` sends it. Pending items of one kind go out as one batch
-transaction (`startBatch`, `finishBatch`, `expireBatch`), which spreads the fixed cost of a
-transaction over up to `batch_size` inferences. When a batch reverts, its items are tried one by one
-so that a bad item fails alone, with its revert reason recorded, and the others still go out
-together. A finish can reach the chain before its start (the gateway and the executor are different
-nodes): "ledger: not started" on a finish is deferred and retried, up to `max_deferrals` times, and
-so is a mined revert that its block caused (`client.STATE_CHANGED`). Every state change is in SQLite
+Roles enqueue what they want on chain; `run` sends it. Pending starts go out as one `startBatch`
+per executor and model, which spreads the fixed cost of a transaction over up to `batch_size`
+inferences (and the Ledger's one slot per batch, docs/gas.md); every other item is one call, a
+`finishBatch` or `expireBatch` already holding a whole batch. When a start batch reverts, its items
+are tried one by one so that a bad item fails alone, with its revert reason recorded, and the others
+still go out together. A mined revert that its block caused (`client.STATE_CHANGED`) is deferred
+and retried, up to `max_deferrals` times. Every state change is in SQLite
 before the next step, and the hash of a sent transaction is recorded before its receipt is awaited,
 so a restarted outbox resends what was pending and checks, rather than resends, what was already
 sent.
@@ -32,21 +32,22 @@ log = logging.getLogger(__name__)
 
 # Kinds in the order a flush sends them: a start before a finish before what follows a finish,
 # and a dispute's resolution before the claims it holds up.
-# kind -> (single function, batch function or None, the single function's parameters)
-KINDS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
-    "start": ("start", "startBatch", ("args",)),
-    "finish": ("finish", "finishBatch", ("args",)),
-    "validate": ("submitValidation", None, ("record", "passed", "score")),
-    "vote": ("vote", None, ("inference_id", "valid")),
-    "resolve": ("resolve", None, ("record",)),
-    "report_lazy": ("reportLazy", None, ("record",)),
-    "expire": ("expire", "expireBatch", ("record",)),
-    "claim": ("claim", None, ("participant", "epoch")),
-    "rollover": ("rollover", None, ("epoch",)),
+# kind -> (Ledger function, the item's parameters); a start item is one of a `startBatch`'s items
+# with its executor and model, which group it
+KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "start": ("startBatch", ("executor", "model_id", "item")),
+    "finish": ("finishBatch", ("batch", "terms", "items", "answers")),
+    "validate": ("submitValidation", ("record", "proof", "passed", "score")),
+    "vote": ("vote", ("inference_id", "valid")),
+    "resolve": ("resolve", ("record", "proof")),
+    "report_lazy": ("reportLazy", ("record", "proof")),
+    "expire": ("expireBatch", ("batch", "terms", "items")),
+    "claim": ("claim", ("participant", "epoch")),
+    "rollover": ("rollover", ("epoch",)),
 }
+GROUPED = "start"
 STATES = ("pending", "sent", "done", "failed")
 MAX_BATCH = 32  # the Ledger's DynArray bound
-NOT_STARTED = "ledger: not started"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -123,17 +124,15 @@ class Outbox:
     def enqueue(self, kind: str, key: str, args: Any) -> bool:
         """Queue a chain write; False if (kind, key) was queued before (nothing changes then).
 
-        `args` is the argument of the single call: a StartArgs / FinishArgs struct (tuple or dict)
-        for "start" / "finish", a Record tuple for "resolve" / "report_lazy" / "expire", the epoch
-        for "rollover", and the tuple of the call's parameters for the others: (record, passed,
-        score) for "validate", (inference_id, valid) for "vote", (participant, epoch) for "claim".
-        Bytes may be given as bytes or 0x hex.
+        `args` is the tuple of the kind's parameters (KINDS): (executor, model_id, StartItem) for
+        "start", the call's arguments for the others, or the epoch alone for "rollover". Bytes may
+        be given as bytes or 0x hex.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown outbox kind {kind!r}: expected one of {', '.join(KINDS)}")
         if not isinstance(key, str) or not key:
             raise ValueError("outbox key must be a non-empty string")
-        params = KINDS[kind][2]
+        params = KINDS[kind][1]
         if len(params) > 1 and (not isinstance(args, (list, tuple)) or len(args) != len(params)):
             raise ValueError(f"{kind} args must be ({', '.join(params)})")
         try:
@@ -188,11 +187,11 @@ class Outbox:
         """
         handled = await self._recover_sent()
         sent: list[tuple[str, list[_Item], str]] = []
-        for kind, (_, batch_fn, _params) in KINDS.items():
+        for kind in KINDS:
             items = self._due(kind)
             if not items:
                 continue
-            for group in [items] if batch_fn else [[item] for item in items]:
+            for group in _groups(kind, items):
                 try:
                     tx_hash = await asyncio.to_thread(self.client.send, self._call(kind, group))
                 except ChainError as exc:  # the estimate reverted: nothing was sent
@@ -241,7 +240,7 @@ class Outbox:
         return handled
 
     async def _resolve(self, kind: str, group: list[_Item], reason: str) -> int:
-        """A transaction for `group` reverted with `reason`: isolate the bad item(s) of a batch.
+        """A transaction for `group` reverted with `reason`: isolate the bad item(s) of a start batch.
 
         Each item is first tried alone with an estimate, which costs nothing; those that revert are
         recorded, the rest go out together again. Items that pass alone but fail together (two
@@ -280,10 +279,9 @@ class Outbox:
         self._set(group, "done")
 
     def _revert(self, item: _Item, reason: str) -> None:
-        transient = (item.kind == "finish" and reason == NOT_STARTED) or reason == STATE_CHANGED
-        if transient and item.attempts < self.max_deferrals:
-            # The start may still be in flight from the gateway, or the block the transaction
-            # landed in changed its outcome (docs at STATE_CHANGED): try again later.
+        if reason == STATE_CHANGED and item.attempts < self.max_deferrals:
+            # The block the transaction landed in changed its outcome (docs at STATE_CHANGED): try
+            # again later.
             with self._lock, self._db:
                 self._db.execute(
                     "UPDATE outbox SET state = 'pending', attempts = attempts + 1, not_before = ?, "
@@ -306,12 +304,13 @@ class Outbox:
         return [_Item(rowid, kind, key, json.loads(args), attempts) for rowid, key, args, attempts in rows]
 
     def _call(self, kind: str, group: list[_Item]):
-        single, batch, params = KINDS[kind]
-        functions = self.client.ledger.functions
-        if len(group) > 1:
-            return getattr(functions, batch)([item.args for item in group])
-        args = group[0].args
-        return getattr(functions, single)(*args) if len(params) > 1 else getattr(functions, single)(args)
+        name, params = KINDS[kind]
+        function = getattr(self.client.ledger.functions, name)
+        if kind == GROUPED:
+            executor, model_id, _ = group[0].args
+            return function(executor, model_id, [item.args[2] for item in group])
+        (item,) = group
+        return function(*item.args) if len(params) > 1 else function(item.args)
 
     def _set(self, group: list[_Item], state: str, **fields: Any) -> None:
         assignments = ", ".join(f"{name} = ?" for name in ("state", "updated", *fields))
@@ -320,6 +319,17 @@ class Outbox:
             self._db.executemany(
                 f"UPDATE outbox SET {assignments} WHERE rowid = ?", [(*values, item.rowid) for item in group]
             )
+
+
+def _groups(kind: str, items: list[_Item]) -> list[list[_Item]]:
+    """One call's items: the starts of one executor and model together, anything else alone."""
+    if kind != GROUPED:
+        return [[item] for item in items]
+    groups: dict[tuple[str, str], list[_Item]] = {}
+    for item in items:
+        executor, model_id, _ = item.args
+        groups.setdefault((executor.lower(), model_id.lower()), []).append(item)
+    return list(groups.values())
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -12,13 +12,13 @@ that quorum too.
 from __future__ import annotations
 
 import json
-import secrets
 import time
 
 import httpx
 from eth_account import Account
 
 from agents.protocol.eip712 import Domain, sign_request
+from agents.protocol.nonces import NonceCounter
 from agents.protocol.messages import H_QUORUM, auth_headers, request_from_openai
 
 DEFAULT_DEADLINE_S = 300
@@ -36,6 +36,7 @@ def signer(private_key: str | bytes, domain: Domain, max_price: int,
            deadline_s: int = DEFAULT_DEADLINE_S):
     """An httpx request hook that signs completion requests; other requests pass untouched."""
     address = Account.from_key(private_key).address
+    nonces = NonceCounter()
 
     def sign(request: httpx.Request) -> None:
         kind = _kind(request.url.path)
@@ -45,9 +46,8 @@ def signer(private_key: str | bytes, domain: Domain, max_price: int,
         quorum = request.headers.get(H_QUORUM, "0")
         if not quorum.isdigit():
             raise ValueError(f"{H_QUORUM} must be a small integer, got {quorum!r}")
-        # a fresh random nonce per request: no state to keep, collisions are negligible at 2^-128
         inference = request_from_openai(
-            kind, body, client=address, nonce=secrets.randbits(128),
+            kind, body, client=address, nonce=nonces(),
             deadline=int(time.time()) + deadline_s, max_price=max_price, quorum=int(quorum))
         request.headers.update(auth_headers(inference, sign_request(inference, domain, private_key)))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from agents.chain.client import ChainClient
 from agents.chain.deploy import Deployments
 from agents.node.chain_view import ChainView, InferenceInfo
 from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
+from agents.protocol.nonces import NonceCounter
 from agents.protocol.messages import (
     H_EXECUTOR, H_INFERENCE_ID, H_SERVER_TIMING, RECEIPT_FIELD, ExecutionReceipt, auth_headers,
     openai_body, parse_server_timing,
@@ -53,6 +53,7 @@ class NulliusClient:
         self.address = self.chain.address
         self.domain = Domain(deployments.chain_id, deployments.ledger)
         self.http = httpx.Client(base_url=gateway_url.rstrip("/"), timeout=timeout)
+        self.nonces = NonceCounter()
 
     # escrow ------------------------------------------------------------------------------
 
@@ -84,7 +85,7 @@ class NulliusClient:
             messages=None if messages is None else tuple(ChatMessage(**m) for m in messages),
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
             max_price=self.price(model) if max_price is None else max_price,
-            nonce=secrets.randbits(128) if nonce is None else nonce,
+            nonce=self.nonces() if nonce is None else nonce,
             deadline=int(time.time()) + deadline_s, client=self.address, quorum=quorum)
 
     def sign(self, request: InferenceRequest) -> bytes:

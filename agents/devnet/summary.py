@@ -91,9 +91,14 @@ def undecided(chain: ChainClient, ids: list[bytes]) -> int:
     finished with an assigned verdict not yet in and its window still open."""
     head = chain.w3.eth.block_number
     window = chain.ledger.functions.validation_window().call()
+    batch_of = {bytes(e.args.inference_id): e.args.batch
+                for e in chain.ledger.events.Started().get_logs(from_block=chain.deployments.start_block)}
     waiting = 0
     for inference_id in ids:
-        status = chain.ledger.functions.stateOf(inference_id).call()[0]
+        if inference_id not in batch_of:
+            waiting += 1
+            continue
+        status = chain.ledger.functions.stateOf(batch_of[inference_id], inference_id).call()[0]
         if status in (VALIDATED, INVALIDATED, EXPIRED):
             continue
         if status == FINISHED:

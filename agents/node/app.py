@@ -25,7 +25,7 @@ from agents.chain.deploy import Deployments
 from agents.chain.events import EventPoller
 from agents.chain.outbox import Outbox
 from agents.chain.rpc import AsyncRpc
-from agents.node import errors, executor, gateway, keeper, validator
+from agents.node import errors, executor, finisher, gateway, keeper, validator
 from agents.node.chain_view import ChainView, HotReads
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext, log
@@ -66,12 +66,23 @@ def build_context(settings: NodeSettings) -> NodeContext:
 
 
 def finished_handler(ctx: NodeContext, window: int):
-    """Hand each Finished event to the roles that wait on it (idempotent: replays are harmless)."""
+    """Hand each inference of a BatchFinished event to the roles that wait on it (idempotent:
+    replays are harmless)."""
 
     async def handle(event) -> None:
-        inference_id, executor_ = bytes(event["args"]["inference_id"]), event["args"]["executor"]
-        validator.on_finished(ctx, inference_id, executor_, event["blockNumber"])
-        keeper.on_finished(ctx, inference_id, executor_, event["blockNumber"], window)
+        number, executor_, block = event["args"]["batch"], event["args"]["executor"], event["blockNumber"]
+        for inference_id in await ctx.read(ctx.chain.finished_in, number, block):
+            validator.on_finished(ctx, inference_id, executor_, block)
+            keeper.on_finished(ctx, inference_id, executor_, block, window)
+
+    return handle
+
+
+def batch_started_handler(ctx: NodeContext):
+    """Open each batch started for this node as executor, for its finish."""
+
+    async def handle(event) -> None:
+        await finisher.on_batch_started(ctx, event["args"]["batch"], event["blockNumber"])
 
     return handle
 
@@ -94,6 +105,7 @@ async def tick_loop(ctx: NodeContext, window: int, jury_window: int, stop: async
     while not stop.is_set():
         try:
             head = await ctx.read(ctx.chain.block_number)
+            await finisher.tick(ctx, int(time.time()))
             await validator.tick(ctx, head, window)
             await validator.jury_tick(ctx, head, jury_window)
             await keeper.tick(ctx, head, window)
@@ -108,10 +120,13 @@ async def tick_loop(ctx: NodeContext, window: int, jury_window: int, stop: async
 def create_app(settings: NodeSettings) -> FastAPI:
     ctx = build_context(settings)
     window, jury_window = ctx.chain.validation_window(), ctx.chain.jury_window()
+    filters = {"BatchStarted": {"executor": ctx.address}}
     pollers = {name: EventPoller(ctx.chain.client, ctx.chain.client.ledger, name,
-                                 settings.data_dir / "events.sqlite", ctx.chain.client.deployments.start_block)
-               for name in ("Finished", "DisputeOpened")}
-    handlers = {"Finished": finished_handler(ctx, window), "DisputeOpened": dispute_handler(ctx)}
+                                 settings.data_dir / "events.sqlite", ctx.chain.client.deployments.start_block,
+                                 argument_filters=filters.get(name))
+               for name in ("BatchStarted", "BatchFinished", "DisputeOpened")}
+    handlers = {"BatchStarted": batch_started_handler(ctx), "BatchFinished": finished_handler(ctx, window),
+                "DisputeOpened": dispute_handler(ctx)}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

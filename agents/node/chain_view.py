@@ -6,7 +6,8 @@ id twice per call, which triples the round trips of every view. The reads every 
 costs the validators and the keeper (its status, events and assignment) are posted as raw JSON-RPC
 through that Web3's provider and decoded with eth-abi: a web3 contract call or log query costs 2.5
 to 3.5 ms of CPU, the same request posted raw under 1 ms, and three nodes make about ten per
-inference on the cores that serve requests. `HotReads` makes the reads that requests wait on (the
+inference on the cores that serve requests. A finished batch never changes, so the last few read are
+kept: the validators and the keeper read each of its inferences. `HotReads` makes the reads that requests wait on (the
 head, the served model with its members and their records, a gateway's admission) as JSON-RPC
 posted from the event loop (agents.chain.rpc says why). Nothing here signs or sends, and the
 ChainClient checked the chain id when it connected.
@@ -22,8 +23,8 @@ from eth_abi import decode
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 
-from agents.chain import records, rpc
-from agents.chain.records import Record
+from agents.chain import batches, rpc
+from agents.chain.batches import Batch, Record
 from agents.chain.rpc import AsyncRpc, Call, ContractCalls, EventDecoder
 
 ZERO_ADDRESS = "0x" + "00" * 20
@@ -33,6 +34,7 @@ LOG_ATTEMPTS, LOG_RETRY_S = 3, 0.05
 BLOCKHASH_CACHE = 512
 # Ledger statuses (docs/protocol.md section 2)
 NONE, STARTED, FINISHED, VALIDATED, INVALIDATED, DISPUTED, EXPIRED = range(7)
+FINISHED_BATCHES_KEPT = 64
 # Ledger account flags of a participant's epoch
 INELIGIBLE, FORFEITED, CLAIMED = 1, 2, 4
 
@@ -78,13 +80,14 @@ class InferenceInfo:
     response_hash: bytes
     artifact_digest: bytes
     completion_tokens: int
-    record: Record | None = None  # what the Ledger's calls after `start` take back
+    batch: Batch | None = None
+    record: Record | None = None  # once finished: what the Ledger's calls after a finish take back
+    proof: tuple[bytes, ...] = ()  # and the record's Merkle proof in its batch
 
 
 @dataclass(frozen=True)
 class InferenceState:
     status: int
-    record_hash: bytes
     voted_mask: int  # bit k: validator k submitted a verdict
     passed_mask: int  # bit k: validator k passed the answer
 
@@ -178,6 +181,7 @@ class ChainView:
         self._epochs: tuple[int, int, int] | None = None  # genesis block, epoch length, delay
         self._hashes: dict[int, bytes] = {}
         self._hashes_lock = threading.Lock()  # roles read from several threads
+        self._finished: dict[int, tuple[Batch, dict[bytes, dict]]] = {}  # batch -> (it, Finished args)
 
     # raw JSON-RPC ------------------------------------------------------------------------------
 
@@ -186,12 +190,13 @@ class ChainView:
         data = rpc.request(self.w3, "eth_call", [{"to": call.to, "data": call.data}, tag])
         return decode(call.output_types, bytes.fromhex(data[2:]))
 
-    def _logs(self, event: str, inference_id: bytes, from_block: int, to_block: int) -> list[dict]:
-        """The Ledger's `event` logs of one inference (its first indexed argument), decoded, each
-        with its block number under "blockNumber"."""
+    def _logs(self, event: str, topics: list[bytes | None], from_block: int, to_block: int) -> list[dict]:
+        """The Ledger's `event` logs whose indexed arguments match `topics` (None: any), decoded,
+        each with its block number under "blockNumber", in log order."""
         decoder = self.events[event]
         logs = rpc.request(self.w3, "eth_getLogs", [{
-            "address": self.ledger.address, "topics": [decoder.topic, "0x" + inference_id.hex()],
+            "address": self.ledger.address,
+            "topics": [decoder.topic, *(t and "0x" + t.hex() for t in topics)],
             "fromBlock": hex(from_block), "toBlock": hex(to_block)}])
         return [{"args": decoder(log), "blockNumber": int(log["blockNumber"], 16)} for log in logs]
 
@@ -234,48 +239,82 @@ class ChainView:
         seed = draw_seed(inference_id, self.blockhash(seed_block))
         return self.registry.functions.drawExecutor(model_id, seed).call()
 
-    def state(self, inference_id: bytes, block: int | str = "latest") -> InferenceState:
-        ((status, record_hash, voted, passed),) = self._call(
-            self.ledger_calls("stateOf", inference_id), block)
-        return InferenceState(status, bytes(record_hash), voted, passed)
+    def state(self, batch: int, inference_id: bytes, block: int | str = "latest") -> InferenceState:
+        ((status, voted, passed),) = self._call(self.ledger_calls("stateOf", batch, inference_id), block)
+        return InferenceState(status, voted, passed)
 
     def inference(self, inference_id: bytes) -> InferenceInfo:
-        """Status from `stateOf`; terms, answer and record rebuilt from the inference's events
-        (the Ledger stores only a hash of the record), checked against that hash. State and
-        events are read at one block, so a finish landing between the reads cannot split them."""
+        """Status from `stateOf`; terms, answer, record and proof rebuilt from the events of the
+        inference's batch (the Ledger stores only a hash per batch), checked against that hash.
+        State and events are read at one block, so a finish landing between the reads cannot
+        split them."""
         block = self.block_number()
-        state = self.state(inference_id, block)
-        if state.status == NONE:
-            return InferenceInfo(NONE, ZERO_ADDRESS, ZERO_ADDRESS, b"\0" * 32, b"\0" * 32, 0, 0, 0,
-                                 b"\0" * 32, b"\0" * 32, 0)
         for _ in range(LOG_ATTEMPTS):
-            logs = self._logs("Started", inference_id, self.start_block, block)
+            logs = self._logs("Started", [inference_id], self.start_block, block)
             if logs:
                 break
             # anvil, mining while it answers, has served a state read at its newest block
             # before that block's logs
             time.sleep(LOG_RETRY_S)
         else:
-            raise LookupError(f"no Started event of 0x{inference_id.hex()} from block {self.start_block}")
+            return InferenceInfo(NONE, ZERO_ADDRESS, ZERO_ADDRESS, b"\0" * 32, b"\0" * 32, 0, 0, 0,
+                                 b"\0" * 32, b"\0" * 32, 0)
         started = logs[0]
-        record = records.from_started(started["args"])
-        done = self._logs("Finished", inference_id, started["blockNumber"], block)
-        answer = done[0]["args"] if done else {}
-        if done:
-            record = records.finished(record, answer, done[0]["blockNumber"])
-        if record.record_hash() != state.record_hash:
-            raise LookupError(f"the events of 0x{inference_id.hex()} do not rebuild its record")
+        number = started["args"]["batch"]
+        batch, answers = self.batch(number, started["blockNumber"], block)
+        state = self.state(number, inference_id, block)
+        item = batch.items[batch.index(inference_id)]
+        record, proof, answer = None, (), answers.get(inference_id, {})
+        if batch.finished:
+            record, proof = batch.proven(inference_id)
+        tokens = answer.get("completion_tokens", 0)
         return InferenceInfo(
-            status=state.status, client=record.client, executor=record.executor,
-            model_id=record.model_id, request_hash=bytes(started["args"]["request_hash"]),
-            lock=record.max_tokens * record.price, cost=answer.get("cost", 0),
-            finish_block=record.finish_block, response_hash=bytes(answer.get("response_hash", b"\0" * 32)),
+            status=state.status, client=item.client, executor=batch.terms.executor,
+            model_id=batch.terms.model_id, request_hash=bytes(started["args"]["request_hash"]),
+            lock=item.max_tokens * batch.terms.price, cost=tokens * batch.terms.price,
+            finish_block=batch.finish_block or 0,
+            response_hash=bytes(answer.get("response_hash", b"\0" * 32)),
             artifact_digest=bytes(answer.get("artifact_digest", b"\0" * 32)),
-            completion_tokens=record.completion_tokens, record=record)
+            completion_tokens=tokens, batch=batch, record=record, proof=tuple(proof))
 
-    def validators_of(self, record: Record) -> list[str]:
+    def batch(self, number: int, from_block: int, block: int) -> tuple[Batch, dict[bytes, dict]]:
+        """A batch as of `block`, from its events from `from_block` (its start's block or earlier),
+        checked against `batchOf`, with its `Finished` args by inference id once finished."""
+        if number in self._finished:
+            return self._finished[number]
+        topic = [number.to_bytes(32, "big")]
+        ((status, on_chain),) = self._call(self.ledger_calls("batchOf", number), block)
+        begun = self._logs("BatchStarted", topic, from_block, block)
+        if not begun:
+            raise LookupError(f"no BatchStarted event of batch {number} from block {from_block}")
+        items = [log["args"] for log in self._logs("Started", [None, None, *topic], from_block, block)]
+        answers: dict[bytes, dict] = {}
+        if status in (STARTED, EXPIRED):
+            batch = batches.assemble(number, begun[0]["args"], items, expired=status == EXPIRED)
+            digest = batches.commitment(batch.terms, list(batch.items))
+        else:
+            (ended,) = self._logs("BatchFinished", topic, from_block, block)
+            done = [log["args"] for log in self._logs("Finished", [None, *topic], from_block, block)]
+            answers = {bytes(a["inference_id"]): a for a in done}
+            batch = batches.assemble(number, begun[0]["args"], items, ended["args"], ended["blockNumber"], done)
+            digest = batch.root()
+        if batches.packed(digest) != bytes(on_chain):
+            raise LookupError(f"the events of batch {number} do not rebuild its commitment")
+        if batch.finished:
+            with self._hashes_lock:
+                self._finished[number] = (batch, answers)
+                if len(self._finished) > FINISHED_BATCHES_KEPT:
+                    del self._finished[min(self._finished)]
+        return batch, answers
+
+    def finished_in(self, number: int, block: int) -> list[bytes]:
+        """The inferences a batch finished in `block` holds, from that block's `Finished` logs."""
+        logs = self._logs("Finished", [None, number.to_bytes(32, "big")], block, block)
+        return [bytes(log["args"]["inference_id"]) for log in logs]
+
+    def validators_of(self, record: Record, proof: tuple[bytes, ...]) -> list[str]:
         """The validators assigned to a finished inference (empty: not validated)."""
-        (validators,) = self._call(self.ledger_calls("validatorsOf", record.as_tuple()))
+        (validators,) = self._call(self.ledger_calls("validatorsOf", record.as_tuple(), list(proof)))
         return [to_checksum_address(v) for v in validators]
 
     def dispute(self, inference_id: bytes) -> DisputeInfo:
@@ -360,11 +399,11 @@ class HotReads:
             [(self._validator_fee_bps,)] = await self.rpc.calls([self.ledger("validator_fee_bps")])
         return self._validator_fee_bps
 
-    async def admission(self, inference_id: bytes, client: str) -> AdmissionReads:
-        """The gateway's reads in one batch: the inference's status and the client's escrow."""
-        (state,), (escrow,) = await self.rpc.calls(
-            [self.ledger("stateOf", inference_id), self.ledger("escrowOf", client)])
-        return AdmissionReads(state[0] != NONE, escrow, None)
+    async def admission(self, client: str, nonce: int) -> AdmissionReads:
+        """The gateway's reads in one batch: whether the client's nonce was started, its escrow."""
+        (used,), (escrow,) = await self.rpc.calls(
+            [self.ledger("nonceUsed", client, nonce), self.ledger("escrowOf", client)])
+        return AdmissionReads(used, escrow, None)
 
     async def escrows(self, clients: list[str], block: int) -> dict[str, int]:
         """Each client's free escrow at `block` (lower-case address keys), in one batch."""

@@ -3,7 +3,8 @@
 It checks the order (gateway signature and registration, client signature, inference id, that
 this node is the drawn executor, once only), streams or returns the answer without the
 logprobs it asked for with an ExecutionReceipt naming the artifact in the last chunk (or the
-JSON body), then stores the artifact and queues `finish`.
+JSON body), then stores the artifact and keeps the answer for its batch's finish
+(agents.node.finisher).
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import time
 import httpx
 import numpy as np
 import orjson
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from agents.artifacts.cid import cid_of, digest_from_cid
-from agents.chain.records import Record
 from agents.node.chain_view import draw_seed
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
@@ -30,7 +30,6 @@ from agents.node.timing import PhaseTimer
 from agents.protocol import eip712
 from agents.protocol.messages import (H_SERVER_TIMING, RECEIPT_FIELD, ExecuteOrder,
                                       ExecutionReceipt)
-from agents.protocol.requests import InferenceRequest
 from agents.verification.artifact import Artifact
 from agents.verification.noise import seed_from_inference_id
 
@@ -115,24 +114,12 @@ def build_artifact(order: ExecuteOrder, seed: int, gen: Generation) -> bytes:
                           np.asarray(gen.top_logprobs, dtype=np.float64).reshape(shape)).encode()
 
 
-def started_record(ctx: NodeContext, request: InferenceRequest, inference_id: bytes,
-                   price: int) -> Record:
-    """The record the gateway's `start` stores, known here without waiting for it to land: the
-    terms come from the signed request, the price from the Registry (a price change in between
-    makes the finish revert with "ledger: record mismatch")."""
-    return Record(inference_id=inference_id, client=to_checksum_address(request.client),
-                  executor=ctx.address, model_id=ctx.model_id, price=price,
-                  max_tokens=request.max_tokens, deadline=request.deadline, quorum=request.quorum)
-
-
 def record(ctx: NodeContext, inference_id: bytes, artifact: bytes, response_hash: bytes,
-           completion_tokens: int, started: Record) -> None:
-    """Store the artifact, then queue `finish` (the outbox holds it until the start lands); the
-    order matters: a finish must never point at an artifact that was not stored. Blocking."""
+           completion_tokens: int, deadline: int) -> None:
+    """Store the artifact, then keep the answer for the batch's finish; the order matters: a
+    finish must never point at an artifact that was not stored. Blocking."""
     cid = ctx.store.put(artifact)
-    ctx.outbox.enqueue("finish", "0x" + inference_id.hex(),
-                       [started.as_tuple(), "0x" + response_hash.hex(),
-                        "0x" + digest_from_cid(cid).hex(), completion_tokens])
+    ctx.state.save_answer(inference_id, response_hash, digest_from_cid(cid), completion_tokens, deadline)
 
 
 async def conclude(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
@@ -140,10 +127,8 @@ async def conclude(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
     """Build the artifact and sign the receipt that names it. The two fsynced writes of `record`
     (about 8 ms here) run detached, so the answer leaves without waiting for them and a client
     that hangs up cannot cancel them. A crash before they end loses only this executor's fee:
-    without a finish the inference expires and the client is refunded."""
+    without an answer its batch is finished with 0 tokens for it, and the client refunded."""
     response_hash = keccak(text=gen.text)
-    started = started_record(ctx, order.request, inference_id,
-                             (await ctx.model(ctx.model_id)).price)
     artifact = build_artifact(order, seed_from_inference_id(inference_id), gen)
     cid = cid_of(artifact)
     ctx.metrics.completion_tokens.inc(len(gen.token_ids))
@@ -151,9 +136,9 @@ async def conclude(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
     async def write() -> None:
         try:
             await ctx.read(record, ctx, inference_id, artifact, response_hash,
-                           len(gen.token_ids), started)
+                           len(gen.token_ids), order.request.deadline)
         except Exception:
-            log.exception("executor: could not record inference 0x%s; it will expire unpaid",
+            log.exception("executor: could not record inference 0x%s; it will be finished unpaid",
                           inference_id.hex())
             return
         log.info("executor: inference 0x%s answered with %d tokens, artifact %s",

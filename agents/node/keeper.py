@@ -3,8 +3,8 @@
 - As executor: after the validation window of each of its finishes, `reportLazy` when an assigned
   validator submitted nothing (the lazy validator loses the epoch's reward; the executor's verdict
   is what it skipped).
-- As gateway: `expire` its own starts left unfinished past deadline + window (the client is
-  refunded, the executor loses the epoch's reward).
+- As gateway: `expireBatch` the batches of its own starts left unfinished past every deadline +
+  window (the clients are refunded, the executor loses the epoch's reward).
 - As a party to a dispute (executor, accuser or juror): `resolve` it after its deadline, since the
   claims of its epoch wait for it. The executor goes first and the others a block later each, so
   that one transaction usually does it.
@@ -71,30 +71,36 @@ async def report_lazy(ctx: NodeContext, head: int) -> None:
     for inference_id in ctx.state.due(LAZY, head):
         info = await ctx.read(ctx.chain.inference, inference_id)
         ctx.state.unwatch(LAZY, inference_id)
-        validators = await ctx.read(ctx.chain.validators_of, info.record)
-        voted = (await ctx.read(ctx.chain.state, inference_id)).voted_mask
+        validators = await ctx.read(ctx.chain.validators_of, info.record, info.proof)
+        voted = (await ctx.read(ctx.chain.state, info.batch.number, inference_id)).voted_mask
         lazy = [v for k, v in enumerate(validators) if not voted >> k & 1]
         settles = await ctx.read(ctx.chain.claim_block, await ctx.read(ctx.chain.epoch_of, info.finish_block))
         if lazy and head < settles:
-            ctx.outbox.enqueue(LAZY, _hex(inference_id), info.record.as_tuple())
+            ctx.outbox.enqueue(LAZY, _hex(inference_id), [info.record.as_tuple(), list(info.proof)])
             log.info("keeper: reporting lazy validator(s) %s of %s", ", ".join(lazy), _hex(inference_id))
 
 
 async def expire(ctx: NodeContext, before: int) -> None:
+    """`before`: the latest deadline whose window is over (the Ledger counts expiry in seconds)."""
     for inference_id in ctx.state.due(EXPIRE, before):
         # past its deadline a request that never started never will, so one look decides
         info = await ctx.read(ctx.chain.inference, inference_id)
-        if info.status == STARTED:
-            ctx.outbox.enqueue(EXPIRE, _hex(inference_id), info.record.as_tuple())
-            log.info("keeper: expiring %s", _hex(inference_id))
         ctx.state.unwatch(EXPIRE, inference_id)
+        if info.status != STARTED:
+            continue
+        last = max(item.deadline for item in info.batch.items)
+        if last > before:  # the batch expires whole, after its latest deadline
+            ctx.state.watch(EXPIRE, inference_id, last)
+            continue
+        if ctx.outbox.enqueue(EXPIRE, str(info.batch.number), list(info.batch.args())):
+            log.info("keeper: expiring batch %d of %s", info.batch.number, info.executor)
 
 
 async def resolve(ctx: NodeContext, head: int) -> None:
     for inference_id in ctx.state.due(RESOLVE, head):
         if (await ctx.read(ctx.chain.dispute, inference_id)).open:
             info = await ctx.read(ctx.chain.inference, inference_id)
-            ctx.outbox.enqueue(RESOLVE, _hex(inference_id), info.record.as_tuple())
+            ctx.outbox.enqueue(RESOLVE, _hex(inference_id), [info.record.as_tuple(), list(info.proof)])
             log.info("keeper: resolving the dispute on %s", _hex(inference_id))
         ctx.state.unwatch(RESOLVE, inference_id)
 

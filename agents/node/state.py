@@ -3,6 +3,9 @@
 - `nonces`: every (client, nonce) this gateway accepted, so a replay is refused even before its
   start lands on chain, with the lock it holds until the chain shows the start.
 - `executions`: inference ids this executor ran, so an order is executed once.
+- `answers`: the answers this executor gave (hashes and output tokens), until the batch holding
+  them is finished; `batches`: the batches started for this executor and not yet finished, with
+  the arguments their `finishBatch` takes (agents.node.finisher).
 - `watch`: inferences a role waits on, each until a block or a time: the validator (its assignment
   after a finish), the juror (its jury after a dispute opens), the keeper (lazy validators after
   the window as executor, expiry after the deadline as gateway, resolution after a dispute's
@@ -28,6 +31,11 @@ CREATE TABLE IF NOT EXISTS nonces (
     lock TEXT NOT NULL, deadline INTEGER NOT NULL, pending INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (client, nonce));
 CREATE TABLE IF NOT EXISTS executions (inference_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS answers (
+    inference_id TEXT PRIMARY KEY, response_hash TEXT NOT NULL, artifact_digest TEXT NOT NULL,
+    completion_tokens INTEGER NOT NULL, deadline INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    batch INTEGER PRIMARY KEY, args TEXT NOT NULL, deadline INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS watch (
     role TEXT NOT NULL, inference_id TEXT NOT NULL, due INTEGER NOT NULL,
     PRIMARY KEY (role, inference_id));
@@ -46,7 +54,7 @@ class NodeState:
         self._db.execute("PRAGMA journal_mode=WAL")
         # In WAL mode NORMAL survives a crash of the process and skips an fsync per request on the
         # gateway's path; only a power loss can drop the last commits, and then the Ledger's own
-        # "already started" check still stops a replay of a request whose start has landed.
+        # nonce bitmap still stops a replay of a request whose start has landed.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
@@ -89,6 +97,39 @@ class NodeState:
             cur = self._db.execute("INSERT OR IGNORE INTO executions VALUES (?)",
                                    (inference_id.hex(),))
             return cur.rowcount == 1
+
+    def save_answer(self, inference_id: bytes, response_hash: bytes, artifact_digest: bytes,
+                    completion_tokens: int, deadline: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
+                         (inference_id.hex(), response_hash.hex(), artifact_digest.hex(),
+                          completion_tokens, deadline))
+
+    def answers(self, inference_ids: list[bytes]) -> dict[bytes, tuple[bytes, bytes, int]]:
+        """(response hash, artifact digest, output tokens) of those of `inference_ids` answered."""
+        marks = ",".join("?" * len(inference_ids))
+        rows = self._db.execute(
+            f"SELECT inference_id, response_hash, artifact_digest, completion_tokens FROM answers "
+            f"WHERE inference_id IN ({marks})", [i.hex() for i in inference_ids]).fetchall()
+        return {bytes.fromhex(i): (bytes.fromhex(r), bytes.fromhex(d), t) for i, r, d, t in rows}
+
+    def open_batch(self, batch: int, args: str, deadline: int) -> None:
+        """Keep a batch started for this executor: `args` (JSON) are its finishBatch's first three
+        arguments, `deadline` its items' earliest."""
+        self._db.execute("INSERT OR IGNORE INTO batches VALUES (?, ?, ?)", (batch, args, deadline))
+
+    def open_batches(self) -> list[tuple[int, str, int]]:
+        return self._db.execute("SELECT batch, args, deadline FROM batches ORDER BY batch").fetchall()
+
+    def close_batch(self, batch: int, inference_ids: list[bytes], stale_before: int) -> None:
+        """The batch's finish is queued: forget it, its answers, and the answers whose deadline is
+        before `stale_before` (requests whose start never landed, and never will)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM batches WHERE batch=?", (batch,))
+            self._db.executemany("DELETE FROM answers WHERE inference_id=?",
+                                 [(i.hex(),) for i in inference_ids])
+            self._db.execute("DELETE FROM answers WHERE deadline<?", (stale_before,))
+            self._db.execute("COMMIT")
 
     # gateway: the index of started inferences ------------------------------------------------
 

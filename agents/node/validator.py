@@ -1,7 +1,7 @@
 """Validator role: check the inferences the chain assigns to this node, and sit on juries.
 
 Validation. On a `Finished` event it waits for the block after the finish (the assignment's
-randomness) and asks `ledger.validatorsOf(record)`: one validator, or 1 + quorum when the client
+randomness) and asks `ledger.validatorsOf(record, proof)`: one validator, or 1 + quorum when the client
 paid for more. If this node is one of them it gets the artifact by CID from its own store or the
 executor's /ipfs route (trusting neither: the bytes must hash to the digest on chain), checks the
 request against the hash on chain, tokenizes the prompt, runs one teacher-forced prefill on its own
@@ -79,15 +79,16 @@ async def judge(ctx: NodeContext, inference_id: bytes, head: int, window: int) -
     if info.status not in OPEN_FOR_VERDICTS or head > info.finish_block + window:
         ctx.state.unwatch(ROLE, inference_id)  # decided already, or too late for a verdict
         return
-    validators = await ctx.read(ctx.chain.validators_of, info.record)
+    validators = await ctx.read(ctx.chain.validators_of, info.record, info.proof)
     slot = next((k for k, v in enumerate(validators) if _is(v, ctx.address)), None)
-    if slot is None or (await ctx.read(ctx.chain.state, inference_id)).voted_mask >> slot & 1:
+    if slot is None or (await ctx.read(ctx.chain.state, info.batch.number, inference_id)).voted_mask >> slot & 1:
         ctx.state.unwatch(ROLE, inference_id)  # not assigned, or its verdict is in already
         return
     outcome = await outcome_or_wait(ctx, inference_id, info, head, info.finish_block + window)
     if outcome is None:
         return
-    ctx.outbox.enqueue(ROLE, _hex(inference_id), [info.record.as_tuple(), outcome.passed, outcome.score])
+    ctx.outbox.enqueue(ROLE, _hex(inference_id),
+                       [info.record.as_tuple(), list(info.proof), outcome.passed, outcome.score])
     ctx.state.unwatch(ROLE, inference_id)
     ctx.metrics.verdicts.labels(str(outcome.passed).lower()).inc()
     log.info("validator: %s %s, score %d%s", _hex(inference_id),

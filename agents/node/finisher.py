@@ -1,0 +1,52 @@
+"""Executor role on chain: finish each batch the gateways started for this node, whole.
+
+The Ledger finishes a batch in one call that carries every item's answer (docs/gas.md). The
+executor records each answer as it serves it (`NodeState.save_answer`); a `BatchStarted` log naming
+this node opens the batch here with its terms and items (`on_batch_started`); `tick` queues the
+`finishBatch` of each open batch whose answers are all in. A batch still missing answers once its
+earliest deadline has passed is finished without them, those items with 0 tokens: their clients
+get their whole locks back and this node earns nothing for them, where the whole batch would
+otherwise expire and cost it the epoch's reward.
+"""
+
+from __future__ import annotations
+
+import json
+
+from agents.node.context import NodeContext, log
+
+FINISH = "finish"
+NO_ANSWER = (b"\0" * 32, b"\0" * 32, 0)
+# answers to requests whose start never landed are dropped this long after their deadline
+STALE_S = 3600
+
+
+def _encode(value):
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    raise TypeError(type(value).__name__)
+
+
+async def on_batch_started(ctx: NodeContext, number: int, block: int) -> None:
+    """A batch naming this node as executor started in `block`: keep what its finish takes."""
+    batch, _ = await ctx.read(ctx.chain.batch, number, block, block)
+    args = json.dumps(batch.args(), default=_encode)
+    ctx.state.open_batch(number, args, min(item.deadline for item in batch.items))
+    log.info("executor: batch %d started with %d inference(s)", number, len(batch.items))
+
+
+async def tick(ctx: NodeContext, now: int) -> None:
+    """Queue the finish of every open batch that has all its answers, or whose time is up."""
+    for number, args, deadline in ctx.state.open_batches():
+        batch, terms, items = json.loads(args)
+        ids = [bytes.fromhex(item[0][2:]) for item in items]
+        answers = ctx.state.answers(ids)
+        missing = [i for i in ids if i not in answers]
+        if missing and now <= deadline:
+            continue
+        if missing:
+            log.warning("executor: batch %d finished without %d answer(s) past their deadline: %s",
+                        number, len(missing), ", ".join("0x" + i.hex() for i in missing))
+        ctx.outbox.enqueue(FINISH, str(number),
+                           [batch, terms, items, [answers.get(i, NO_ANSWER) for i in ids]])
+        ctx.state.close_batch(number, ids, now - STALE_S)
