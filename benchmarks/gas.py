@@ -30,6 +30,7 @@ from pathlib import Path
 
 from eth_utils import keccak
 from web3 import Web3
+from web3.logs import DISCARD
 
 from agents.chain import batches
 from agents.chain.build import ensure_compiled
@@ -140,8 +141,9 @@ def start_batch(c: Chain, items: list[tuple[list, bytes]]):
 def finish_batch(c: Chain, start_receipt: dict):
     """`finishBatch` of the batch the receipt started, every answer MAX_TOKENS tokens long."""
     ledger = c.executor.ledger
-    (begun,) = ledger.events.BatchStarted().process_receipt(start_receipt)
-    started = [e["args"] for e in ledger.events.Started().process_receipt(start_receipt)]
+    # each event's decoder skips the receipt's other events (DISCARD: without a warning each)
+    (begun,) = ledger.events.BatchStarted().process_receipt(start_receipt, errors=DISCARD)
+    started = [e["args"] for e in ledger.events.Started().process_receipt(start_receipt, errors=DISCARD)]
     batch = batches.assemble(begun["args"]["batch"], begun["args"], started)
     answers = [(keccak(text=f"answer {i.inference_id.hex()}"), hashlib.sha256(i.inference_id).digest(),
                 MAX_TOKENS) for i in batch.items]

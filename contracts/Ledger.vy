@@ -292,6 +292,7 @@ event Started:
     inference_id: indexed(bytes32)
     client: indexed(address)
     batch: indexed(uint256)
+    nonce: uint256
     request_hash: bytes32
     max_tokens: uint256
     deadline: uint256
@@ -640,7 +641,7 @@ def finishBatch(
 def expireBatch(batch: uint256, terms: BatchTerms, items: DynArray[Item, MAX_BATCH]):
     """
     @notice Refunds every lock of a batch never finished, once `validation_window` seconds have
-            passed after its earliest deadline; its executor loses the current epoch's reward.
+            passed after every item's deadline; its executor loses the current epoch's reward.
             Anyone may call it.
     @param batch The batch.
     @param terms The batch's executor, model and price, as `BatchStarted` logged them.
@@ -840,7 +841,8 @@ def nonceUsed(client: address, nonce: uint256) -> bool:
 def validatorsOf(r: Record, proof: DynArray[bytes32, MAX_PROOF]) -> DynArray[address, MAX_DRAWN]:
     """
     @notice Who must validate a finished inference. rand = keccak(id ‖ blockhash(finish_block + 1));
-            validated iff quorum > 0 or rand % 10000 < p_bps; then 1 + quorum validators by
+            validated iff it has output tokens and quorum > 0 or rand % 10000 < p_bps; then
+            1 + quorum validators by
             registry.drawDistinct(model, rand, [executor], 1 + quorum).
     @param r The inference's record.
     @param proof The record's Merkle proof in its batch.
@@ -952,6 +954,7 @@ def _start(
         inference_id=inference_id,
         client=a.client,
         batch=batch,
+        nonce=a.nonce,
         request_hash=a.request_hash,
         max_tokens=max_tokens,
         deadline=item.deadline,
@@ -1145,7 +1148,8 @@ def _validators(r: Record) -> DynArray[address, MAX_DRAWN]:
     h: bytes32 = block_hash._block_hash(r.finish_block + 1)
     assert h != empty(bytes32), "ledger: assignment expired"
     rand: bytes32 = keccak256(concat(r.inference_id, h))
-    if r.quorum == 0 and convert(rand, uint256) % BPS >= r.p_bps:
+    # an item finished without an answer (0 tokens, nothing paid) has nothing to check
+    if r.completion_tokens == 0 or (r.quorum == 0 and convert(rand, uint256) % BPS >= r.p_bps):
         return out
     return staticcall registry.drawDistinct(r.model_id, rand, [r.executor], r.quorum + 1)
 

@@ -46,6 +46,7 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rollover": ("rollover", ("epoch",)),
 }
 GROUPED = "start"
+DUE_START_BATCHES = 8  # start batches one flush may send, of different executors
 STATES = ("pending", "sent", "done", "failed")
 MAX_BATCH = 32  # the Ledger's DynArray bound
 
@@ -191,7 +192,7 @@ class Outbox:
             items = self._due(kind)
             if not items:
                 continue
-            for group in _groups(kind, items):
+            for group in _groups(kind, items, self.batch_size):
                 try:
                     tx_hash = await asyncio.to_thread(self.client.send, self._call(kind, group))
                 except ChainError as exc:  # the estimate reverted: nothing was sent
@@ -295,11 +296,13 @@ class Outbox:
     # --- helpers ------------------------------------------------------------------------------
 
     def _due(self, kind: str) -> list[_Item]:
+        # starts are grouped by executor after this read, so it reads enough for several batches
+        limit = self.batch_size * (DUE_START_BATCHES if kind == GROUPED else 1)
         with self._lock:
             rows = self._db.execute(
                 "SELECT rowid, key, args, attempts FROM outbox WHERE kind = ? AND state = 'pending' "
                 "AND not_before <= ? ORDER BY rowid LIMIT ?",
-                (kind, time.time(), self.batch_size),
+                (kind, time.time(), limit),
             ).fetchall()
         return [_Item(rowid, kind, key, json.loads(args), attempts) for rowid, key, args, attempts in rows]
 
@@ -321,15 +324,16 @@ class Outbox:
             )
 
 
-def _groups(kind: str, items: list[_Item]) -> list[list[_Item]]:
-    """One call's items: the starts of one executor and model together, anything else alone."""
+def _groups(kind: str, items: list[_Item], size: int) -> list[list[_Item]]:
+    """One call's items: up to `size` starts of one executor and model together, anything else
+    alone."""
     if kind != GROUPED:
         return [[item] for item in items]
     groups: dict[tuple[str, str], list[_Item]] = {}
     for item in items:
         executor, model_id, _ = item.args
         groups.setdefault((executor.lower(), model_id.lower()), []).append(item)
-    return list(groups.values())
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

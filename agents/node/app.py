@@ -187,7 +187,8 @@ async def health_report(ctx: NodeContext) -> tuple[int, dict]:
             "model": s.model, "url": s.url,
             "watching": {role: ctx.state.watching(role)
                          for role in (validator.ROLE, validator.JURY, keeper.LAZY, keeper.EXPIRE,
-                                      keeper.RESOLVE)}}
+                                      keeper.RESOLVE)},
+            "open_batches": len(ctx.state.open_batches())}
     return (503 if problems else 200), body
 
 

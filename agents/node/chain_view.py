@@ -160,6 +160,8 @@ class StartedLog:
     inference_id: bytes
     block: int
     deadline: int
+    client: str
+    nonce: int
 
 
 @dataclass(frozen=True)
@@ -419,5 +421,6 @@ class HotReads:
         out = []
         for log in logs:
             args = started(log)
-            out.append(StartedLog(args["inference_id"], int(log["blockNumber"], 16), args["deadline"]))
+            out.append(StartedLog(args["inference_id"], int(log["blockNumber"], 16), args["deadline"],
+                                  args["client"], args["nonce"]))
         return out

@@ -162,7 +162,7 @@ async def admit(ctx: NodeContext, request: InferenceRequest, signature: bytes, s
     try:
         head = await ctx.head()
         reads, model, fee_bps, (executor, url, order) = await asyncio.gather(
-            admission_reads(ctx, request, inference_id, head), ctx.model(mid),
+            admission_reads(ctx, request.client, request.nonce, head), ctx.model(mid),
             ctx.reads.validator_fee_bps(),
             order_for(ctx, request, signature, inference_id, head, stream))
     except ChainUnavailable as exc:
@@ -215,18 +215,16 @@ async def order_for(ctx: NodeContext, request: InferenceRequest, signature: byte
     return executor, url, order
 
 
-async def admission_reads(ctx: NodeContext, request: InferenceRequest, inference_id: bytes,
-                          head: Head) -> AdmissionReads:
-    """Whether the inference was started and the client's escrow: from the follower's book and
-    index when they are current and follow this client (agents.node.admission), else read."""
-    client = request.client
+async def admission_reads(ctx: NodeContext, client: str, nonce: int, head: Head) -> AdmissionReads:
+    """Whether the client's nonce was started (by any request) and its escrow: from the follower's
+    book and index when they are current and follow this client (agents.node.admission), else read
+    (the Ledger's nonce bitmap)."""
     escrow = ctx.admission.escrow(client, head.number, ctx.settings.chain_cache_ttl)
     ctx.admission.saw(client)
     ctx.metrics.admissions.labels("chain" if escrow is None else "book").inc()
     if escrow is None:
-        return await ctx.reads.admission(client, request.nonce)
-    return AdmissionReads(ctx.state.started_block(inference_id) is not None, escrow,
-                          ctx.admission.block)
+        return await ctx.reads.admission(client, nonce)
+    return AdmissionReads(ctx.state.nonce_started(client, nonce), escrow, ctx.admission.block)
 
 
 def in_flight_locks(ctx: NodeContext, client: str, block: int | None) -> int:

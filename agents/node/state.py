@@ -10,9 +10,10 @@
   after a finish), the juror (its jury after a dispute opens), the keeper (lazy validators after
   the window as executor, expiry after the deadline as gateway, resolution after a dispute's
   deadline).
-- `started`: the gateway's index of the inferences started on chain (through any gateway), from the
-  Ledger's `Started` logs, complete through the block in cursor `started`; an entry is kept until
-  its deadline, after which no gateway admits its request again.
+- `started`: the gateway's index of the inferences started on chain (through any gateway), with
+  their clients' nonces, from the Ledger's `Started` logs, complete through the block in cursor
+  `started`; an entry is kept until its deadline, after which no gateway admits its request again
+  (a reused nonce with a later deadline is refused by the Ledger's bitmap at start).
 - `cursors`: named counters, such as the next epoch whose claim the keeper has to look at.
 """
 
@@ -34,15 +35,16 @@ CREATE TABLE IF NOT EXISTS executions (inference_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS answers (
     inference_id TEXT PRIMARY KEY, response_hash TEXT NOT NULL, artifact_digest TEXT NOT NULL,
     completion_tokens INTEGER NOT NULL, deadline INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS batches (
-    batch INTEGER PRIMARY KEY, args TEXT NOT NULL, deadline INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (batch INTEGER PRIMARY KEY, args TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS watch (
     role TEXT NOT NULL, inference_id TEXT NOT NULL, due INTEGER NOT NULL,
     PRIMARY KEY (role, inference_id));
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS started (
-    inference_id TEXT PRIMARY KEY, block INTEGER NOT NULL, deadline INTEGER NOT NULL);
+    inference_id TEXT PRIMARY KEY, block INTEGER NOT NULL, deadline INTEGER NOT NULL,
+    client TEXT NOT NULL, nonce TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS started_deadline ON started (deadline);
+CREATE INDEX IF NOT EXISTS started_nonce ON started (client, nonce);
 """
 STARTED_CURSOR = "started"
 
@@ -112,13 +114,13 @@ class NodeState:
             f"WHERE inference_id IN ({marks})", [i.hex() for i in inference_ids]).fetchall()
         return {bytes.fromhex(i): (bytes.fromhex(r), bytes.fromhex(d), t) for i, r, d, t in rows}
 
-    def open_batch(self, batch: int, args: str, deadline: int) -> None:
+    def open_batch(self, batch: int, args: str) -> None:
         """Keep a batch started for this executor: `args` (JSON) are its finishBatch's first three
-        arguments, `deadline` its items' earliest."""
-        self._db.execute("INSERT OR IGNORE INTO batches VALUES (?, ?, ?)", (batch, args, deadline))
+        arguments."""
+        self._db.execute("INSERT OR IGNORE INTO batches VALUES (?, ?)", (batch, args))
 
-    def open_batches(self) -> list[tuple[int, str, int]]:
-        return self._db.execute("SELECT batch, args, deadline FROM batches ORDER BY batch").fetchall()
+    def open_batches(self) -> list[tuple[int, str]]:
+        return self._db.execute("SELECT batch, args FROM batches ORDER BY batch").fetchall()
 
     def close_batch(self, batch: int, inference_ids: list[bytes], stale_before: int) -> None:
         """The batch's finish is queued: forget it, its answers, and the answers whose deadline is
@@ -140,8 +142,9 @@ class NodeState:
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                self._db.executemany("INSERT OR IGNORE INTO started VALUES (?, ?, ?)",
-                                     [(log.inference_id.hex(), log.block, log.deadline) for log in logs])
+                self._db.executemany("INSERT OR IGNORE INTO started VALUES (?, ?, ?, ?, ?)",
+                                     [(log.inference_id.hex(), log.block, log.deadline, log.client.lower(),
+                                       str(log.nonce)) for log in logs])
                 self._db.execute("DELETE FROM started WHERE deadline < ?", (now,))
                 self._db.execute("INSERT OR REPLACE INTO cursors VALUES (?, ?)",
                                  (STARTED_CURSOR, through))
@@ -159,6 +162,12 @@ class NodeState:
         row = self._db.execute("SELECT block FROM started WHERE inference_id=?",
                                (inference_id.hex(),)).fetchone()
         return None if row is None else row[0]
+
+    def nonce_started(self, client: str, nonce: int) -> bool:
+        """Whether the index holds a start with this client's nonce (any request)."""
+        row = self._db.execute("SELECT 1 FROM started WHERE client=? AND nonce=?",
+                               (client.lower(), str(nonce))).fetchone()
+        return row is not None
 
     # role watch lists ----------------------------------------------------------------------
 

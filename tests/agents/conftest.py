@@ -19,9 +19,12 @@ import pytest
 import uvicorn
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
 from web3 import Web3
 
 from agents.devnet.accounts import anvil_account
+from agents.protocol.nonces import NonceCounter
+from agents.protocol.requests import InferenceRequest
 
 TOKEN = 10**18
 
@@ -152,6 +155,86 @@ def make_client(anvil, deployed, gov_chain, new_account):
         return chain
 
     return make
+
+
+@dataclass(frozen=True)
+class Start:
+    """A signed request as a gateway queues its start: `args` are the outbox's "start" args."""
+
+    inference_id: bytes
+    request: InferenceRequest
+    executor: str  # drawn by the Registry with the seed block's hash
+    model_id: bytes
+    seed_block: int
+    item: list  # the Ledger's StartItem, as agents.node.gateway.start_item builds it
+
+    @property
+    def key(self) -> str:
+        return "0x" + self.inference_id.hex()
+
+    @property
+    def args(self) -> list:
+        return [self.executor, "0x" + self.model_id.hex(), self.item]
+
+
+@pytest.fixture(scope="session")
+def sign_start(anvil, deployed, gov_chain):
+    """sign_start(client, model, *, max_tokens=16, max_price=10, lifetime=3600, quorum=0,
+    signer=None) -> Start: a fresh request of `client` (an account or a ChainClient) for the model
+    named `model`, signed by the client (or by `signer`, a forgery), seeded with the latest block.
+    Nonces come from one NonceCounter, as a client's do."""
+    from agents.node.gateway import start_item
+    from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
+
+    domain = Domain(deployed.chain_id, deployed.ledger)
+    nonces = NonceCounter()
+
+    def sign(client, model: str, *, max_tokens: int = 16, max_price: int = 10, lifetime: int = 3600,
+             quorum: int = 0, signer=None) -> Start:
+        account = getattr(client, "account", client)
+        latest = anvil.w3.eth.get_block("latest")
+        request = InferenceRequest(model=model, prompt="hi", max_tokens=max_tokens, max_price=max_price,
+                                   nonce=nonces(), deadline=latest["timestamp"] + lifetime,
+                                   client=account.address, quorum=quorum)
+        iid = inference_id(request, domain)
+        signature = sign_request(request, domain, getattr(signer, "account", signer or account).key)
+        seed = keccak(iid + latest["hash"])
+        executor = gov_chain.registry.functions.drawExecutor(model_id(model), seed).call()
+        return Start(iid, request, executor, model_id(model), latest["number"],
+                     start_item(request, signature, latest["number"]))
+
+    return sign
+
+
+@pytest.fixture(scope="session")
+def batch_of(deployed, gov_chain):
+    """batch_of(inference_id) -> the Batch its `Started` log names, rebuilt from the Ledger's events
+    (agents.chain.batches.load_batch); None when it was never started."""
+    from agents.chain.batches import load_batch
+
+    def find(iid: bytes):
+        logs = gov_chain.ledger.events.Started().get_logs(
+            from_block=deployed.start_block, argument_filters={"inference_id": iid})
+        if not logs:
+            return None
+        return load_batch(gov_chain.ledger, logs[0]["args"]["batch"], logs[0]["blockNumber"])
+
+    return find
+
+
+@pytest.fixture(scope="session")
+def status_of(deployed, gov_chain):
+    """status_of(inference_id) -> its Ledger status (`stateOf` in the batch its `Started` log
+    names); 0 when it was never started."""
+
+    def status(iid: bytes) -> int:
+        logs = gov_chain.ledger.events.Started().get_logs(
+            from_block=deployed.start_block, argument_filters={"inference_id": iid})
+        if not logs:
+            return 0
+        return gov_chain.ledger.functions.stateOf(logs[0]["args"]["batch"], iid).call()[0]
+
+    return status
 
 
 @pytest.fixture

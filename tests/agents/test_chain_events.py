@@ -122,7 +122,7 @@ def test_poller__unknown_event__rejected(depositor, tmp_path):
     with pytest.raises(ValueError) as err:
         EventPoller(depositor, depositor.ledger, "Deposit", tmp_path / "cp.sqlite", 0)
     assert str(err.value).startswith(f"contract {depositor.ledger.address} has no event 'Deposit'; it has ")
-    assert "Deposited, Withdrawn, Started, Finished" in str(err.value)
+    assert "Deposited, Withdrawn, Started, BatchStarted, Finished, BatchFinished" in str(err.value)
     assert not (tmp_path / "cp.sqlite").exists()
 
 

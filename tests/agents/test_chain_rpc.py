@@ -20,9 +20,9 @@ async def test_calls__decode_like_web3(anvil, make_client):
     iid = b"\x42" * 32
     async with httpx.AsyncClient() as http:
         (escrow,), (state,), (token,) = await AsyncRpc(http, anvil.rpc_url).calls(
-            [ledger("escrowOf", chain.address), ledger("stateOf", iid), ledger("token")])
+            [ledger("escrowOf", chain.address), ledger("stateOf", 3, iid), ledger("token")])
     assert escrow == chain.ledger.functions.escrowOf(chain.address).call() == 1234
-    assert state == tuple(chain.ledger.functions.stateOf(iid).call())
+    assert state == tuple(chain.ledger.functions.stateOf(3, iid).call())
     assert to_checksum_address(token) == chain.ledger.functions.token().call()  # eth-abi: lower case
 
 
@@ -32,7 +32,7 @@ async def test_hot_reads__head_and_admission__match_the_chain(anvil, make_client
     async with httpx.AsyncClient() as http:
         reads = HotReads(view, AsyncRpc(http, anvil.rpc_url))
         head = await reads.head()
-        admission = await reads.admission(b"\x01" * 32, chain.address)
+        admission = await reads.admission(chain.address, 5)
         escrows = await reads.escrows([chain.address, "0x" + "ab" * 20], head.number)
         fee_bps = await reads.validator_fee_bps()
     block = anvil.w3.eth.get_block(head.number)

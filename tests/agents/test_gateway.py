@@ -32,7 +32,7 @@ from eth_utils import keccak
 from agents.chain.client import ChainClient
 from agents.cli import main as nullius
 from agents.chain.deploy import Deployments, register_model
-from agents.chain.records import load_record
+from agents.chain.batches import load_batch
 from agents.client.openai_hook import signing_http_client
 from agents.client.sdk import NulliusClient, NulliusError
 from agents.node import gateway
@@ -46,9 +46,10 @@ from agents.node.chain_view import (
 from agents.node.config import NodeSettings
 from agents.node.context import NodeContext
 from agents.node.state import NodeState
-from agents.protocol import ecdsa, eip712
+from agents.protocol import ecdsa
 from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
 from agents.protocol.messages import ExecuteOrder, auth_headers, request_from_openai
+from agents.protocol.nonces import NonceCounter
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "nullius/test-gateway"  # its own name: the session's chain is shared with other tests
@@ -57,6 +58,7 @@ PRICE = 10**6
 MAX_PROMPT_CHARS = 200
 MAX_TOKENS = 64
 TOKEN = 10**18
+_nonces = NonceCounter()  # one client process's nonces, as the SDK and the hook count them
 
 
 def _bind() -> socket.socket:
@@ -189,7 +191,7 @@ def _headers(net: Net, acct: LocalAccount, body: dict, kind: str = "completion",
              nonce: int | None = None, deadline: int | None = None, max_price: int = PRICE,
              signer: LocalAccount | None = None, quorum: int = 0) -> dict:
     request = request_from_openai(
-        kind, body, client=acct.address, nonce=time.time_ns() if nonce is None else nonce,
+        kind, body, client=acct.address, nonce=_nonces() if nonce is None else nonce,
         deadline=int(time.time()) + 300 if deadline is None else deadline, max_price=max_price,
         quorum=quorum)
     return auth_headers(request, sign_request(request, net.domain, (signer or acct).key))
@@ -445,11 +447,10 @@ def test_executor__not_the_drawn_executor__403(net, client_acct):
     order, iid, seed_block = _order(net, client_acct, net.gateway.account)
     drawn = ChainView(net.gov).draw_executor(model_id(MODEL), iid, seed_block)
     other = next(n for n in net.nodes if n.account.address != drawn)
-    before = other.ctx.outbox.counts("finish")
     r = _execute(other.url, order)
     assert _error(r) == (403, "not_drawn_executor",
                          f"this node is not the drawn executor: the draw picks {drawn}")
-    assert other.ctx.outbox.counts("finish") == before
+    assert other.ctx.state.answers([iid]) == {}  # nothing kept for a finish
 
 
 def test_executor__expired_request__400(net, client_acct):
@@ -532,7 +533,7 @@ def test_in_flight_locks__only_starts_the_escrow_read_lacks_count(tmp_path):
     assert [i for i, _, _ in state.pending_locks(client)] == ids[:3]
     # the book's escrow, at block 50, lacks the landed start until the index holds it by then
     assert gateway.in_flight_locks(ctx, client, 50) == 111
-    state.index_started([StartedLog(ids[2], 51, later)], 51, int(time.time()))
+    state.index_started([StartedLog(ids[2], 51, later, client, 2)], 51, int(time.time()))
     assert gateway.in_flight_locks(ctx, client, 50) == 111
     book.update(51, {})
     # an escrow taken from the book at 50, counted after it moved on: the start still counts
@@ -546,17 +547,22 @@ def test_in_flight_locks__only_starts_the_escrow_read_lacks_count(tmp_path):
 
 
 def test_node_state__index_of_starts__resumes_and_forgets_past_deadlines(tmp_path):
-    now = int(time.time())
+    now, client = int(time.time()), "0x" + "Ab" * 20
     state = NodeState(tmp_path / "node.sqlite")
     assert state.indexed_through(default=6) == 6
-    state.index_started([StartedLog(b"\x01" * 32, 8, now + 60), StartedLog(b"\x02" * 32, 9, now - 1)],
-                        through=10, now=now)
+    state.index_started([StartedLog(b"\x01" * 32, 8, now + 60, client, 2**200),
+                         StartedLog(b"\x02" * 32, 9, now - 1, client, 5)], through=10, now=now)
     state.close()
     state = NodeState(tmp_path / "node.sqlite")  # a restart
     assert state.indexed_through(default=6) == 10
     assert state.started_block(b"\x01" * 32) == 8
     assert state.started_block(b"\x02" * 32) is None  # its request can no longer be admitted
     assert state.started_block(b"\x03" * 32) is None
+    # the nonce of a start, whatever request it signed, in any case of the client's address
+    assert state.nonce_started(client, 2**200) and state.nonce_started(client.lower(), 2**200)
+    assert not state.nonce_started(client, 2**200 + 1)
+    assert not state.nonce_started(client, 5)  # forgotten with its deadline
+    assert not state.nonce_started("0x" + "cd" * 20, 2**200)
 
 
 async def _model_snapshot(net: Net, view: ChainView) -> ModelSnapshot:
@@ -696,7 +702,8 @@ def test_hot_reads__started_logs__as_web3_decodes_them(net, mlnode, client_acct,
     assert _wait_status(net, iid, {FINISHED, VALIDATED}, anvil) in {FINISHED, VALIDATED}
     view = ChainView(net.gov)
     head = view.block_number()
-    expected = [StartedLog(bytes(e["args"]["inference_id"]), e["blockNumber"], e["args"]["deadline"])
+    expected = [StartedLog(bytes(e["args"]["inference_id"]), e["blockNumber"], e["args"]["deadline"],
+                           e["args"]["client"], e["args"]["nonce"])
                 for e in view.ledger.events.Started().get_logs(from_block=view.start_block, to_block=head)]
 
     async def read() -> list[StartedLog]:
@@ -716,17 +723,21 @@ def test_chain_view__raw_reads__as_web3_reads_them(net, mlnode, client_acct, anv
     view, ledger = ChainView(net.gov), net.gov.ledger
     block = view.block_number()
     info = view.inference(iid)
-    assert info.record == load_record(ledger, iid, view.start_block)
-    assert view.state(iid, block) == InferenceState(*(
-        bytes(v) if isinstance(v, bytes) else v
-        for v in ledger.functions.stateOf(iid).call(block_identifier=block)))
-    assert view.validators_of(info.record) == ledger.functions.validatorsOf(info.record.as_tuple()).call()
+    number = info.batch.number
+    batch = load_batch(ledger, number, view.start_block)
+    assert info.batch == batch == view.batch(number, view.start_block, block)[0]
+    assert (info.record, list(info.proof)) == batch.proven(iid)
+    assert view.state(number, iid, block) == InferenceState(
+        *ledger.functions.stateOf(number, iid).call(block_identifier=block))
+    assert view.validators_of(info.record, info.proof) == ledger.functions.validatorsOf(
+        info.record.as_tuple(), list(info.proof)).call()
+    assert view.finished_in(number, info.finish_block) == [item.inference_id for item in batch.items]
     for n in (info.finish_block, block, block + 1000):
         assert view.epoch_of(n) == ledger.functions.epochOf(n).call()
         assert view.claim_block(view.epoch_of(n)) == ledger.functions.claimBlock(view.epoch_of(n)).call()
     (finished,) = ledger.events.Finished().get_logs(from_block=view.start_block, to_block=block,
                                                     argument_filters={"inference_id": iid})
-    assert view._logs("Finished", iid, view.start_block, block) == [
+    assert view._logs("Finished", [iid], view.start_block, block) == [
         {"args": dict(finished["args"]), "blockNumber": finished["blockNumber"]}]
 
 

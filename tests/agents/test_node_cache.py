@@ -149,13 +149,13 @@ class StandInReads:
 
     async def started(self, from_block: int, to_block: int) -> list[StartedLog]:
         self.log_ranges.append((from_block, to_block))
-        return [StartedLog(STARTED_ID, 12, 2**40)] if from_block <= 12 <= to_block else []
+        return [StartedLog(STARTED_ID, 12, 2**40, CLIENT, 7)] if from_block <= 12 <= to_block else []
 
     async def escrows(self, clients: list[str], block: int) -> dict[str, int]:
         self.escrow_reads.append((block, list(clients)))
         return {c: block for c in clients}
 
-    async def admission(self, inference_id: bytes, client: str) -> AdmissionReads:
+    async def admission(self, client: str, nonce: int) -> AdmissionReads:
         self.single_reads.append("admission")
         return AdmissionReads(False, 0, None)
 
@@ -220,13 +220,13 @@ async def test_follow_head__keeps_the_admission_reads_for_the_clients_seen(tmp_p
     assert chain.log_ranges[0][0] == 5
     assert all(a[1] + 1 == b[0] for a, b in zip(chain.log_ranges, chain.log_ranges[1:]))
     assert ctx.state.indexed_through(0) == ctx.admission.block == head.number
-    reads = await gateway.admission_reads(ctx, STARTED_ID, CLIENT, head)
+    reads = await gateway.admission_reads(ctx, CLIENT, 7, head)
     assert reads == AdmissionReads(True, head.number, head.number)
-    assert (await gateway.admission_reads(ctx, b"\x06" * 32, CLIENT, head)).started is False
+    assert (await gateway.admission_reads(ctx, CLIENT, 8, head)).started is False
     assert chain.single_reads == []
     # a client the gateway has not seen, or a book more than a block behind the head: read
-    assert (await gateway.admission_reads(ctx, STARTED_ID, "0x" + "dd" * 20, head)).block is None
-    assert (await gateway.admission_reads(ctx, STARTED_ID, CLIENT, Head(head.number + 2, b""))).block is None
+    assert (await gateway.admission_reads(ctx, "0x" + "dd" * 20, 7, head)).block is None
+    assert (await gateway.admission_reads(ctx, CLIENT, 7, Head(head.number + 2, b""))).block is None
     assert chain.single_reads == ["admission", "admission"]
 
 
@@ -273,6 +273,6 @@ async def test_follow_head__admission_book_fails__members_still_kept_and_book_ag
     head = await ctx.head()
     assert chain.member_reads[-1] == head.number  # members refreshed at every head regardless
     assert ctx.admission.block == -1  # never read: every admission reads the chain
-    assert (await gateway.admission_reads(ctx, STARTED_ID, CLIENT, head)).block is None
+    assert (await gateway.admission_reads(ctx, CLIENT, 7, head)).block is None
     assert "admission book refresh failed: ChainUnavailable('eth_getLogs failed: range too large')" \
         in caplog.text

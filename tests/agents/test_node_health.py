@@ -35,6 +35,7 @@ async def test_health__fresh_head_and_model_node__200(tmp_path):
     status, body = await health_report(ctx)
     assert (status, body["status"], body["problems"]) == (200, "ok", [])
     assert body["address"] == ctx.address and body["watching"]["validate"] == 0
+    assert body["open_batches"] == 0  # batches started for this executor, not yet finished
 
 
 async def test_health__no_head_yet_and_model_node_down__503_names_both(tmp_path):

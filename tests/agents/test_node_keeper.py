@@ -2,7 +2,9 @@
 
 The chain reads are stood in for by `StandInChain`: reaching a closed window, a passed deadline or
 a settled epoch on the session's shared anvil would mean mining or warping time under every other
-test. The state is the real SQLite store; the outbox stand-in records what would be queued.
+test. Its batches are real `agents.chain.batches` values, and it checks every record and proof
+it is given against its batch's root, as the Ledger does. The state is the real SQLite store; the
+outbox stand-in records what would be queued.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from eth_account import Account as EthAccount
+from eth_utils import keccak
 
-from agents.chain.records import Record
+from agents.chain.batches import Batch, Item, Record, Terms
 from agents.node import keeper
-from agents.node.chain_view import (CLAIMED, DISPUTED, FINISHED, FORFEITED, INELIGIBLE, NONE,
+from agents.node.chain_view import (CLAIMED, DISPUTED, EXPIRED, FINISHED, FORFEITED, INELIGIBLE, NONE,
                                     STARTED, VALIDATED, Account, DisputeInfo, Epoch, InferenceState,
                                     Members)
 from agents.node.metrics import NodeMetrics
@@ -26,32 +29,64 @@ OTHER = "0x" + "52" * 20
 THIRD = "0x" + "53" * 20
 WINDOW = 8
 EPOCH_LENGTH, SETTLEMENT = 30, 20
+MODEL = b"\x01" * 32
+SIBLING = b"\xff" * 32  # the other inference of every finished batch here
 
 
-def record(inference_id: bytes, finish_block: int = 100) -> Record:
-    return Record(inference_id, OTHER, ME, b"\x01" * 32, 10, 16, 2_000_000_000,
-                  completion_tokens=5, finish_block=finish_block, p_bps=10_000)
+def finished_batch(inference_id: bytes) -> Batch:
+    """`inference_id` finished by this node in a batch of two, numbered after its first byte."""
+    items = tuple(Item(i, OTHER, 16, 2_000_000_000) for i in (SIBLING, inference_id))
+    return Batch(inference_id[0], Terms(ME, MODEL, 10), items, finish_block=100, p_bps=10_000,
+                 completion_tokens=(7, 5))
+
+
+def started_batch(number: int, deadlines: dict[bytes, int]) -> Batch:
+    """A batch started for another executor with these inferences and deadlines, in order."""
+    return Batch(number, Terms(OTHER, MODEL, 10),
+                 tuple(Item(i, THIRD, 16, deadline) for i, deadline in deadlines.items()))
+
+
+def proven(inference_id: bytes) -> list:
+    """What the keeper queues for a finished inference: its record and proof."""
+    record, proof = finished_batch(inference_id).proven(inference_id)
+    return [record.as_tuple(), proof]
+
+
+def _root(record: Record, proof) -> bytes:
+    node = record.leaf()
+    for sibling in proof:
+        node = keccak(min(node, sibling) + max(node, sibling))
+    return node
 
 
 @dataclass
 class StandInChain:
     statuses: dict[bytes, int] = field(default_factory=dict)
+    batches: dict[bytes, Batch] = field(default_factory=dict)  # default: finished_batch(id)
     validators: list[str] = field(default_factory=lambda: [OTHER])
     voted_mask: int = 0
     disputes: dict[bytes, bool] = field(default_factory=dict)  # id -> open
     accounts: dict[int, Account] = field(default_factory=dict)
     epochs: dict[int, Epoch] = field(default_factory=dict)
 
-    def inference(self, inference_id: bytes):
-        return SimpleNamespace(status=self.statuses[inference_id], finish_block=100,
-                               record=record(inference_id))
+    def batch_of(self, inference_id: bytes) -> Batch:
+        return self.batches.get(inference_id) or finished_batch(inference_id)
 
-    def validators_of(self, rec: Record) -> list[str]:
-        assert rec.finish_block == 100  # the record, not an id, goes to the Ledger
+    def inference(self, inference_id: bytes):
+        batch = self.batch_of(inference_id)
+        record, proof = batch.proven(inference_id) if batch.finished else (None, [])
+        return SimpleNamespace(status=self.statuses[inference_id], finish_block=batch.finish_block or 0,
+                               executor=batch.terms.executor, batch=batch, record=record,
+                               proof=tuple(proof))
+
+    def validators_of(self, record: Record, proof) -> list[str]:
+        # the record and its proof, not an id, go to the Ledger
+        assert _root(record, proof) == self.batch_of(record.inference_id).root()
         return self.validators
 
-    def state(self, inference_id: bytes) -> InferenceState:
-        return InferenceState(self.statuses[inference_id], b"", self.voted_mask, 0)
+    def state(self, batch: int, inference_id: bytes) -> InferenceState:
+        assert batch == self.batch_of(inference_id).number
+        return InferenceState(self.statuses[inference_id], self.voted_mask, 0)
 
     def dispute(self, inference_id: bytes) -> DisputeInfo:
         return DisputeInfo(ME, OTHER, 100, 3, 0, self.disputes[inference_id])
@@ -71,10 +106,14 @@ class StandInChain:
 
 
 class RecordingOutbox:
+    """What would be queued; like the outbox, a (kind, key) queued before is ignored."""
+
     def __init__(self):
         self.items: list[tuple] = []
 
     def enqueue(self, kind, key, args):
+        if any((kind, key) == (k, q) for k, q, _ in self.items):
+            return False
         self.items.append((kind, key, args))
         return True
 
@@ -100,7 +139,8 @@ async def test_keeper__own_finish_with_silent_validator__reported_after_window(t
     await keeper.report_lazy(ctx, head=108)
     assert ctx.outbox.items == []
     await keeper.report_lazy(ctx, head=109)
-    assert ctx.outbox.items == [("report_lazy", "0x" + iid.hex(), record(iid).as_tuple())]
+    assert ctx.outbox.items == [("report_lazy", "0x" + iid.hex(), proven(iid))]
+    assert ctx.outbox.items[0][2][1] != []  # a batch of two: the record's sibling proves it
     assert ctx.state.watching(keeper.LAZY) == 0
 
 
@@ -144,16 +184,50 @@ async def test_keeper__others_finish__not_watched(tmp_path):
 
 # ------------------------------------------------------------------------------ expiry
 
-async def test_keeper__stale_start__expired_with_its_record(tmp_path):
+async def test_keeper__stale_start__its_batch_expired_whole(tmp_path):
     stale, fresh, never, finished = b"\x07" * 32, b"\x08" * 32, b"\x09" * 32, b"\x0a" * 32
     now = int(time.time())
-    ctx = _ctx(tmp_path, StandInChain({stale: STARTED, fresh: STARTED, never: NONE, finished: FINISHED}))
+    past = now - WINDOW - 5
+    batch = started_batch(7, {stale: past})
+    ctx = _ctx(tmp_path, StandInChain({stale: STARTED, fresh: STARTED, never: NONE, finished: FINISHED},
+                                      batches={stale: batch, fresh: started_batch(8, {fresh: now + 60})}))
     for iid in (stale, never, finished):
-        ctx.state.watch(keeper.EXPIRE, iid, now - WINDOW - 5)
+        ctx.state.watch(keeper.EXPIRE, iid, past)
     ctx.state.watch(keeper.EXPIRE, fresh, now + 60)
     await keeper.tick(ctx, head=1, window=WINDOW)
-    assert ctx.outbox.items == [("expire", "0x" + stale.hex(), record(stale).as_tuple())]
+    assert ctx.outbox.items == [("expire", "7", list(batch.args()))]
     assert ctx.state.watching(keeper.EXPIRE) == 1  # only the fresh one is still watched
+
+
+async def test_keeper__batch_with_a_later_deadline__expired_after_the_latest(tmp_path):
+    """The Ledger expires a batch whole, once every deadline's window is over: an inference due
+    before its batch is watched again until the batch's latest deadline."""
+    early, late = b"\x0d" * 32, b"\x0e" * 32
+    now = int(time.time())
+    past, later = now - WINDOW - 5, now + 60
+    batch = started_batch(9, {early: past, late: later})
+    ctx = _ctx(tmp_path, StandInChain({early: STARTED, late: STARTED}, batches={early: batch, late: batch}))
+    ctx.state.watch(keeper.EXPIRE, early, past)
+    ctx.state.watch(keeper.EXPIRE, late, later)
+    await keeper.expire(ctx, before=now - WINDOW - 1)
+    assert ctx.outbox.items == []
+    assert set(ctx.state.due(keeper.EXPIRE, later)) == {early, late}  # both wait for the latest deadline
+    await keeper.expire(ctx, before=later - 1)
+    assert (ctx.outbox.items, ctx.state.watching(keeper.EXPIRE)) == ([], 2)
+    await keeper.expire(ctx, before=later)
+    assert ctx.outbox.items == [("expire", "9", list(batch.args()))]  # once for the batch
+    assert ctx.state.watching(keeper.EXPIRE) == 0
+
+
+async def test_keeper__batch_finished_or_expired_meanwhile__not_expired(tmp_path):
+    done, gone = b"\x0f" * 32, b"\x10" * 32
+    past = int(time.time()) - WINDOW - 5
+    ctx = _ctx(tmp_path, StandInChain({done: FINISHED, gone: EXPIRED},
+                                      batches={gone: started_batch(16, {gone: past})}))
+    for iid in (done, gone):
+        ctx.state.watch(keeper.EXPIRE, iid, past)
+    await keeper.tick(ctx, head=1, window=WINDOW)
+    assert (ctx.outbox.items, ctx.state.watching(keeper.EXPIRE)) == ([], 0)
 
 
 # ------------------------------------------------------------------------------ disputes
@@ -167,7 +241,7 @@ async def test_keeper__dispute__executor_then_accuser_then_others_resolve(tmp_pa
         await keeper.resolve(ctx, head=due - 1)
         assert ctx.outbox.items == []
         await keeper.resolve(ctx, head=due)
-        assert ctx.outbox.items == [("resolve", "0x" + iid.hex(), record(iid).as_tuple())]
+        assert ctx.outbox.items == [("resolve", "0x" + iid.hex(), proven(iid))]
 
 
 async def test_keeper__dispute_resolved_by_another__not_resolved_again(tmp_path):

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from eth_account import Account as EthAccount
+from eth_utils import keccak
 
 from agents.artifacts.store import ArtifactNotFound
-from agents.chain.records import Record
+from agents.chain.batches import Batch, Item, Record, Terms
 from agents.node import validator
 from agents.node.chain_view import (DISPUTED, FINISHED, INVALIDATED, ZERO_ADDRESS, DisputeInfo,
                                     InferenceState)
@@ -26,11 +27,21 @@ ME = EthAccount.from_key("0x" + "61" * 32).address
 EXECUTOR = "0x" + "62" * 20
 ACCUSER = "0x" + "63" * 20
 WINDOW = JURY_WINDOW = 8
+SIBLING = b"\xff" * 32  # the other inference of every batch here
 
 
-def record(inference_id: bytes) -> Record:
-    return Record(inference_id, ACCUSER, EXECUTOR, b"\x01" * 32, 10, 16, 2_000_000_000,
-                  completion_tokens=5, finish_block=100, p_bps=10_000)
+def batch(inference_id: bytes) -> Batch:
+    """`inference_id` finished in block 100 in a batch of two, numbered after its first byte."""
+    items = tuple(Item(i, ACCUSER, 16, 2_000_000_000) for i in (inference_id, SIBLING))
+    return Batch(inference_id[0], Terms(EXECUTOR, b"\x01" * 32, 10), items, finish_block=100,
+                 p_bps=10_000, completion_tokens=(5, 9))
+
+
+def _root(record: Record, proof) -> bytes:
+    node = record.leaf()
+    for sibling in proof:
+        node = keccak(min(node, sibling) + max(node, sibling))
+    return node
 
 
 @dataclass
@@ -43,14 +54,19 @@ class StandInChain:
     jury_voted_mask: int = 0
 
     def inference(self, inference_id: bytes):
+        record, proof = batch(inference_id).proven(inference_id)
         return SimpleNamespace(status=self.status, finish_block=100, executor=ZERO_ADDRESS,
-                               artifact_digest=b"\x09" * 32, record=record(inference_id))
+                               artifact_digest=b"\x09" * 32, batch=batch(inference_id), record=record,
+                               proof=tuple(proof))
 
-    def validators_of(self, rec: Record) -> list[str]:
+    def validators_of(self, record: Record, proof) -> list[str]:
+        # the record and its proof, not an id, go to the Ledger, which checks them as here
+        assert _root(record, proof) == batch(record.inference_id).root()
         return self.validators
 
-    def state(self, inference_id: bytes) -> InferenceState:
-        return InferenceState(self.status, b"", self.voted_mask, 0)
+    def state(self, number: int, inference_id: bytes) -> InferenceState:
+        assert number == inference_id[0]
+        return InferenceState(self.status, self.voted_mask, 0)
 
     def dispute(self, inference_id: bytes) -> DisputeInfo:
         return DisputeInfo(EXECUTOR, ACCUSER, 110, 3, self.jury_voted_mask, self.dispute_open)
@@ -83,7 +99,8 @@ def _ctx(tmp_path, chain: StandInChain):
 
 
 def _verdict(iid: bytes, passed: bool, score: int = 0) -> tuple:
-    return ("validate", "0x" + iid.hex(), [record(iid).as_tuple(), passed, score])
+    record, proof = batch(iid).proven(iid)
+    return ("validate", "0x" + iid.hex(), [record.as_tuple(), proof, passed, score])
 
 
 # ------------------------------------------------------------------------------ validation
@@ -147,7 +164,7 @@ async def test_validator__check_passes__passed_verdict_with_score(tmp_path, monk
     iid = b"\x10" * 32
 
     async def passes(ctx, inference_id, info):
-        assert info.record == record(inference_id)
+        assert (info.record, list(info.proof)) == batch(inference_id).proven(inference_id)
         return validator.Outcome(True, 9_950, ())
 
     monkeypatch.setattr(validator, "check", passes)
