@@ -9,20 +9,21 @@ it records inferences the way the nodes do: client-signed EIP-712 authorizations
 real block hash, `startBatch` sent by a gateway and `finishBatch` of the whole batch by the drawn
 executor. It measures the gas per inference of `startBatch` + `finishBatch` of each size (a batch
 of 1 is the unbatched figure), and the calldata bytes per inference; then it splits one batch of
-16 by kind of gas from anvil's opcode trace (docs/gas.md). Writes benchmarks/results/<name>.json
-and <name>.png.
+16 by kind of gas from anvil's opcode trace (docs/gas.md). The batches are one client's requests;
+a last one of 16 holds one request of each of 16 clients that have used the Ledger before, whose
+escrow, nonce word and counters are cold slots. Writes benchmarks/results/<name>.json and
+<name>.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
-import secrets
 import statistics
 import subprocess
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from agents.devnet.network import MODEL_NAME, REFERENCE_MODEL, anvil_binary, fre
 from agents.node.chain_view import ChainView
 from agents.node.gateway import start_item
 from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
+from agents.protocol.nonces import NonceCounter
 from agents.protocol.requests import InferenceRequest
 from benchmarks.common import ROOT, machine, pyplot, show, write_json
 
@@ -56,12 +58,12 @@ class Chain:
     w3: Web3
     gateway: ChainClient  # sends the starts, as a gateway's outbox does
     executor: ChainClient  # the participant every measured inference is drawn to
-    client: ChainClient
+    clients: list[ChainClient]  # funded, with escrow; the batches by size are the first one's
     view: ChainView
     domain: Domain
 
 
-def setup(rpc_url: str, tmp: Path, participants: int) -> Chain:
+def setup(rpc_url: str, tmp: Path, participants: int, clients: int) -> Chain:
     w3 = Web3(Web3.HTTPProvider(rpc_url))
     gov = anvil_account(0)
     deployments = deploy(w3, gov.key, DeployParams(), out_dir=tmp)
@@ -78,22 +80,26 @@ def setup(rpc_url: str, tmp: Path, participants: int) -> Chain:
         chain.transact(chain.registry.functions.register(stake, f"http://node-{i}.invalid",
                                                          model_id(MODEL_NAME)))
         nodes.append(chain)
-    client = ChainClient(rpc_url, anvil_account(1 + participants).key, deployments)
-    funds = 1_000 * TOKEN
-    gov_chain.transact(gov_chain.token.functions.mint(client.address, funds))
-    client.transact(client.token.functions.approve(deployments.ledger, funds))
-    client.transact(client.ledger.functions.deposit(funds))
-    return Chain(w3, nodes[-1], nodes[0], client, ChainView(gov_chain),
+    funded = []
+    for i in range(clients):
+        client = ChainClient(rpc_url, anvil_account(1 + participants + i).key, deployments)
+        funds = 1_000 * TOKEN
+        gov_chain.transact(gov_chain.token.functions.mint(client.address, funds))
+        client.transact(client.token.functions.approve(deployments.ledger, funds))
+        client.transact(client.ledger.functions.deposit(funds))
+        funded.append(client)
+    return Chain(w3, nodes[-1], nodes[0], funded, ChainView(gov_chain),
                  Domain(deployments.chain_id, deployments.ledger))
 
 
 @contextmanager
-def traced_chain(participants: int) -> Iterator[Chain]:
+def traced_chain(participants: int, clients: int) -> Iterator[Chain]:
     """A fresh anvil, set up as `setup` does; with --steps-tracing, debug_traceTransaction
     returns the opcode steps that `breakdown` reads."""
     port = free_port("127.0.0.1")
-    anvil = subprocess.Popen([anvil_binary(), "--port", str(port), "--silent", "--steps-tracing"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    accounts = str(1 + participants + clients)  # each with ether for its own transactions
+    anvil = subprocess.Popen([anvil_binary(), "--port", str(port), "--silent", "--steps-tracing",
+                              "--accounts", accounts], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         rpc_url = f"http://127.0.0.1:{port}"
         w3 = Web3(Web3.HTTPProvider(rpc_url))
@@ -102,19 +108,20 @@ def traced_chain(participants: int) -> Iterator[Chain]:
                 break
             time.sleep(0.1)
         with tempfile.TemporaryDirectory(prefix="nullius-gas-") as tmp:
-            yield setup(rpc_url, Path(tmp), participants)
+            yield setup(rpc_url, Path(tmp), participants, clients)
     finally:
         anvil.terminate()
         anvil.wait(timeout=10)
 
 
-# the client's nonces count up from a random base at a word of the Ledger's replay bitmap, as the
+# each client's nonces count up from a random base at a word of the Ledger's replay bitmap, as the
 # SDK's do: a fresh bitmap word once per 256 inferences
-_nonces = itertools.count(secrets.randbits(64) << 8)
+_nonces: dict[str, NonceCounter] = defaultdict(NonceCounter)
 
 
-def drawn_requests(c: Chain, count: int) -> list[tuple[list, bytes]]:
-    """`count` (StartItem, inference id) of signed requests whose real draw picks `c.executor`.
+def drawn_requests(c: Chain, count: int, clients: int = 1) -> list[tuple[list, bytes]]:
+    """`count` (StartItem, inference id) of signed requests whose real draw picks `c.executor`,
+    from the first `clients` clients in turn.
 
     Requests whose draw picks another participant are left out, so that one executor can finish
     the whole batch, as it does with its own outbox."""
@@ -122,13 +129,14 @@ def drawn_requests(c: Chain, count: int) -> list[tuple[list, bytes]]:
     mid = model_id(MODEL_NAME)
     out = []
     while len(out) < count:
+        client = c.clients[len(out) % clients]
         request = InferenceRequest(model=MODEL_NAME, prompt=PROMPT, max_tokens=MAX_TOKENS,
-                                   temperature=1.0, max_price=PRICE, nonce=next(_nonces),
-                                   deadline=int(time.time()) + 3600, client=c.client.address)
+                                   temperature=1.0, max_price=PRICE, nonce=_nonces[client.address](),
+                                   deadline=int(time.time()) + 3600, client=client.address)
         iid = inference_id(request, c.domain)
         if c.view.draw_executor(mid, iid, seed_block) != c.executor.address:
             continue
-        signature = sign_request(request, c.domain, c.client.account.key)
+        signature = sign_request(request, c.domain, client.account.key)
         out.append((start_item(request, signature, seed_block), iid))
     return out
 
@@ -157,10 +165,10 @@ def _measured(c: Chain, sender: ChainClient, fn) -> tuple[int, int, dict]:
     return receipt["gasUsed"], len(tx["input"]), receipt
 
 
-def batch(c: Chain, size: int, reps: int) -> dict:
+def batch(c: Chain, size: int, reps: int, clients: int = 1) -> dict:
     starts, finishes = [], []
     for _ in range(reps):
-        starts.append(_measured(c, c.gateway, start_batch(c, drawn_requests(c, size))))
+        starts.append(_measured(c, c.gateway, start_batch(c, drawn_requests(c, size, clients))))
         finishes.append(_measured(c, c.executor, finish_batch(c, starts[-1][2])))
     return _row(size, starts, finishes, per=size)
 
@@ -238,15 +246,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     p.add_argument("--reps", type=int, default=2, help="batches measured per size")
     p.add_argument("--participants", type=int, default=3)
+    p.add_argument("--clients", type=int, default=16, help="clients of the many-client batch of 16")
     p.add_argument("--name", default="gas", help="results file stem")
     args = p.parse_args(argv)
 
     ensure_compiled(ROOT)
-    with traced_chain(args.participants) as c:
+    with traced_chain(args.participants, args.clients) as c:
         # the first batch writes fresh storage slots (the client's nonce word, the batch
         # counter, the totals, the executor's epoch account); measure the steady state
         first = batch(c, 16, 1)
         rows = [batch(c, n, args.reps) for n in args.sizes]
+        batch(c, 16, 1, args.clients)  # each client's first start writes its fresh slots
+        many = batch(c, 16, args.reps, args.clients)
         _, _, start_receipt = _measured(c, c.gateway, start_batch(c, drawn_requests(c, 16)))
         _, _, finish_receipt = _measured(c, c.executor, finish_batch(c, start_receipt))
         split = {"startBatch": breakdown(c.w3, start_receipt["transactionHash"], 16),
@@ -259,18 +270,21 @@ def main(argv: list[str] | None = None) -> dict:
                          "completion_tokens": MAX_TOKENS, "reps": args.reps,
                          "statistic": "median over the measured transactions"},
               "first_batch16": first, "batches": rows, "batch16_breakdown": split,
+              f"batch16_clients{args.clients}": many,
               "summary": {"unbatched_gas_per_inference": by_size.get(1, {}).get("total_gas"),
                           "batch16_gas_per_inference": headline and headline["total_gas"],
                           "first_batch16_gas_per_inference": first["total_gas"],
+                          f"batch16_clients{args.clients}_gas_per_inference": many["total_gas"],
                           "batch16_calldata_bytes_per_inference": headline and
                           headline["start_calldata_bytes"] + headline["finish_calldata_bytes"]}}
     path = write_json(args.name, report)
     plot(rows, path.with_suffix(".png"))
     show("Ledger gas and calldata per inference (median)",
          ["batch", "start gas", "finish gas", "total gas", "calldata bytes"],
-         [["first of 16" if r is first else f"{r['batch']}", r["start_gas"], r["finish_gas"],
-           r["total_gas"], r["start_calldata_bytes"] + r["finish_calldata_bytes"]]
-          for r in [first, *rows]])
+         [[label, r["start_gas"], r["finish_gas"], r["total_gas"],
+           r["start_calldata_bytes"] + r["finish_calldata_bytes"]]
+          for label, r in [("first of 16", first), *((str(r["batch"]), r) for r in rows),
+                           (f"16 of {args.clients} clients", many)]])
     show_split("Batch of 16: gas per inference by kind", split)
     print(f"wrote {path}")
     return report
