@@ -1,8 +1,10 @@
 """Fixtures for the contract tests: one session deploy on anvil, roles, factories.
 
 ape isolates each test with a chain snapshot, so session-scoped deploys are shared safely.
-Clients sign with the protocol's own Python EIP-712 code, so a start that the Ledger accepts
-proves the Python and Vyper sides agree on the typed data.
+Clients sign with the protocol's own Python EIP-712 code, and every batch a helper starts or
+finishes is rebuilt by agents.chain.batches from the transaction's events: a start that the
+Ledger accepts proves the Python and Vyper sides agree on the typed data, and a finish checks
+that the Python Merkle root is the one the Ledger logged.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass, replace
 import pytest
 from eth_utils import keccak
 
-from agents.chain.records import Record
+from agents.chain import batches
+from agents.chain.batches import Batch, Record
 from agents.protocol.eip712 import Domain, inference_id, model_id, sign_request
 from agents.protocol.requests import InferenceRequest
 
@@ -37,6 +40,7 @@ PENALTY_BPS = 500
 PARAMS = (WINDOW, JURY_WINDOW, JURY_SIZE, EPOCH, SETTLEMENT, MAX_REPUTATION, SLASH_BPS, FEE_BPS, PENALTY_BPS)
 FUNDS = 10 * TOKEN
 ZERO = "0x" + "00" * 20
+ANSWER, ARTIFACT = keccak(b"answer"), keccak(b"artifact")
 
 
 @pytest.fixture(scope="session")
@@ -118,29 +122,50 @@ class Signed:
     seed_block: int
     executor: str  # the drawn executor (an address string)
 
-    def args(self, **override):
-        """StartArgs as the tuple the ABI takes, with fields replaced by keyword."""
+    def item(self, **override) -> tuple:
+        """The StartItem as the tuple the ABI takes, with fields replaced by keyword."""
         fields = {
             "client": self.request.client,
-            "model_id": model_id(self.request.model),
             "request_hash": self.request.request_hash,
             "max_tokens": self.request.max_tokens,
             "max_price": self.request.max_price,
             "nonce": self.request.nonce,
             "deadline": self.request.deadline,
-            "signature": self.signature,
-            "seed_block": self.seed_block,
-            "executor": self.executor,
             "quorum": self.request.quorum,
+            "seed_block": self.seed_block,
+            "signature": self.signature,
         }
         fields.update(override)
         return tuple(fields.values())
 
-    def record(self) -> Record:
-        """The record `start` stores for it."""
-        r = self.request
-        return Record(self.inference_id, r.client, self.executor, model_id(r.model), PRICE, r.max_tokens, r.deadline,
-                      r.quorum)
+
+def answers(tokens) -> list[tuple]:
+    """`finishBatch` answers, one per output token count."""
+    return [(ANSWER, ARTIFACT, t) for t in tokens]
+
+
+def started(tx) -> Batch:
+    """The batch a `startBatch` transaction started, from its events."""
+    [begun] = [e for e in tx.events if e.event_name == "BatchStarted"]
+    items = [e.event_arguments for e in tx.events if e.event_name == "Started"]
+    return batches.assemble(begun.batch, begun.event_arguments, items)
+
+
+def finished(batch: Batch, tx) -> Batch:
+    """`batch` as a `finishBatch` transaction finished it, from its events; asserts that the
+    Python Merkle root is the one the Ledger stored."""
+    [done] = [e for e in tx.events if e.event_name == "BatchFinished"]
+    tokens = {bytes(e.inference_id): e.completion_tokens for e in tx.events if e.event_name == "Finished"}
+    batch = replace(batch, finish_block=tx.block_number, p_bps=done.p_bps,
+                    completion_tokens=tuple(tokens[i.inference_id] for i in batch.items))
+    assert batch.root() == bytes(done.root)
+    return batch
+
+
+def only(batch: Batch) -> tuple[Record, list[bytes]]:
+    """The record and Merkle proof of a finished batch's only inference."""
+    [item] = batch.items
+    return batch.proven(item.inference_id)
 
 
 @pytest.fixture(scope="session")
@@ -154,13 +179,13 @@ def sign(chain, registry, domain):
     nonces = itertools.count()
 
     def sign(client, *, key=None, model=MODEL, max_tokens=64, max_price=PRICE, deadline=None, prompt="hi",
-             quorum=0):
+             quorum=0, nonce=None):
         request = InferenceRequest(
             model=model,
             prompt=prompt,
             max_tokens=max_tokens,
             max_price=max_price,
-            nonce=next(nonces),
+            nonce=next(nonces) if nonce is None else nonce,
             deadline=chain.pending_timestamp + 3600 if deadline is None else deadline,
             client=client.address,
             quorum=quorum,
@@ -176,41 +201,76 @@ def sign(chain, registry, domain):
 
 
 @pytest.fixture(scope="session")
+def sign_for(sign):
+    """sign_for(executor, client, n, **fields) -> n Signed whose real draw picks `executor`.
+
+    Requests drawn to another host are left out, as a gateway batches per executor. Each try
+    numbers its prompt, so that a fixed nonce too gives a new inference id and a new draw."""
+
+    def sign_for(executor, client, n=1, *, prompt="hi", **fields):
+        signed = []
+        for attempt in itertools.count():
+            if len(signed) == n:
+                return signed
+            s = sign(client, prompt=f"{prompt} {attempt}", **fields)
+            if s.executor == executor.address:
+                signed.append(s)
+
+    return sign_for
+
+
+@pytest.fixture(scope="session")
 def accounts_by_address(accounts):
     return lambda address: next(a for a in accounts if a.address == address)
 
 
 @pytest.fixture(scope="session")
-def start(ledger, gov, sign, accounts_by_address):
-    """start(client, **sign_fields) -> (Signed, executor account, Record): a started inference."""
+def start_batch(ledger, gov):
+    """start_batch(executor, signed) -> Batch: `startBatch` of the signed requests, sent by gov."""
 
-    def start(client, **fields):
-        s = sign(client, **fields)
-        ledger.start(s.args(), sender=gov)
-        return s, accounts_by_address(s.executor), s.record()
+    def start_batch(executor, signed):
+        return started(ledger.startBatch(executor, MODEL_ID, [s.item() for s in signed], sender=gov))
+
+    return start_batch
+
+
+@pytest.fixture(scope="session")
+def start(sign, sign_for, start_batch, accounts_by_address):
+    """start(client, n=1, executor=None, **sign_fields) -> (Batch, executor account): a started
+    batch of n requests drawn to `executor` (by default, to whom the first request is drawn)."""
+
+    def start(client, n=1, executor=None, **fields):
+        if executor is None:
+            first = sign(client, **fields)
+            executor = accounts_by_address(first.executor)
+            signed = [first] + sign_for(executor, client, n - 1, **fields)
+        else:
+            signed = sign_for(executor, client, n, **fields)
+        return start_batch(executor, signed), executor
 
     return start
 
 
 @pytest.fixture(scope="session")
-def finish_record(ledger):
-    """finish_record(record, executor, tokens) -> the finished Record."""
+def finish_batch(ledger):
+    """finish_batch(batch, executor, tokens=10) -> the finished Batch; `tokens` is one output
+    token count for every item, or a list of one per item."""
 
-    def finish_record(record, executor, tokens=10):
-        tx = ledger.finish((record.as_tuple(), keccak(b"answer"), keccak(b"artifact"), tokens), sender=executor)
-        [event] = [e for e in tx.events if e.event_name == "Finished"]
-        return replace(record, completion_tokens=tokens, finish_block=tx.block_number, p_bps=event.p_bps)
+    def finish_batch(batch, executor, tokens=10):
+        counts = list(tokens) if isinstance(tokens, (list, tuple)) else [tokens] * len(batch.items)
+        return finished(batch, ledger.finishBatch(*batch.args(), answers(counts), sender=executor))
 
-    return finish_record
+    return finish_batch
 
 
 @pytest.fixture(scope="session")
-def finish(start, finish_record):
-    """finish(client, tokens=...) -> (Signed, executor account, finished Record)."""
+def finish(start, finish_batch):
+    """finish(client, n=1, tokens=10, executor=None, **sign_fields) -> (finished Batch, executor
+    account)."""
 
-    def finish(client, tokens=10, **fields):
-        s, executor, record = start(client, **fields)
-        return s, executor, finish_record(record, executor, tokens)
+    def finish(client, n=1, tokens=10, executor=None, **fields):
+        batch, executor = start(client, n, executor, **fields)
+        return finish_batch(batch, executor, tokens), executor
 
     return finish
 

@@ -4,9 +4,11 @@ import ape
 import pytest
 from eth_utils import keccak
 
-from conftest import FEE_BPS, FUNDS, JURY_SIZE, JURY_WINDOW, MODEL_ID, PENALTY_BPS, PRICE, SLASH_BPS, STAKE, UNBONDING
+from agents.chain.batches import FINISHED, INVALIDATED, VALIDATED
 
-VALIDATED, INVALIDATED = 3, 4
+from conftest import (FEE_BPS, FUNDS, JURY_SIZE, JURY_WINDOW, MODEL_ID, PENALTY_BPS, PRICE, SLASH_BPS, STAKE, UNBONDING,
+                      only)
+
 INELIGIBLE, FORFEITED = 1, 2
 
 
@@ -17,14 +19,15 @@ def _network(network):
 
 @pytest.fixture
 def disputed(ledger, chain, client, finish, accounts_by_address):
-    """A finished inference its validator failed: (record, executor, accuser, open block)."""
+    """A finished inference its validator failed: (record, proof, executor, accuser, open block)."""
 
     def disputed(tokens=10):
-        s, executor, record = finish(client, tokens=tokens)
+        batch, executor = finish(client, tokens=tokens)
+        record, proof = only(batch)
         chain.mine(2)
-        [accuser] = [accounts_by_address(v) for v in ledger.validatorsOf(record.as_tuple())]
-        tx = ledger.submitValidation(record.as_tuple(), False, 0, sender=accuser)
-        return record, executor, accuser, tx.block_number
+        [accuser] = [accounts_by_address(v) for v in ledger.validatorsOf(record.as_tuple(), proof)]
+        tx = ledger.submitValidation(record.as_tuple(), proof, False, 0, sender=accuser)
+        return record, proof, executor, accuser, tx.block_number
 
     return disputed
 
@@ -40,15 +43,17 @@ def jury(ledger, registry, chain, accounts_by_address, record, opened):
 
 def test_dispute__jury_votes_invalid__refund_slash_forfeit(ledger, registry, chain, client, disputed,
                                                             accounts_by_address, conserved):
-    record, executor, accuser, opened = disputed(tokens=10)
+    record, proof, executor, accuser, opened = disputed(tokens=10)
     [juror] = jury(ledger, registry, chain, accounts_by_address, record, opened)
     assert juror not in (executor, accuser)
     with ape.reverts("ledger: voting open"):
-        ledger.resolve(record.as_tuple(), sender=client)
+        ledger.resolve(record.as_tuple(), proof, sender=client)
     tx = ledger.vote(record.inference_id, False, sender=juror)
     assert (tx.events[0].valid, tx.events[0].weight) == (False, STAKE)
     assert [a for a in ledger.disputes(record.inference_id).jury] == [juror.address]
-    tx = ledger.resolve(record.as_tuple(), sender=client)  # everyone voted: no need to wait
+    with ape.reverts("ledger: record mismatch"):
+        ledger.resolve(record.as_tuple(), [keccak(b"not a sibling")], sender=client)
+    tx = ledger.resolve(record.as_tuple(), proof, sender=client)  # everyone voted: no need to wait
     resolved = [e for e in tx.events if e.event_name == "DisputeResolved"][0]
     assert (resolved.invalid, resolved.votes_valid, resolved.votes_invalid) == (True, 0, STAKE)
     cost = 10 * PRICE
@@ -61,53 +66,53 @@ def test_dispute__jury_votes_invalid__refund_slash_forfeit(ledger, registry, cha
     slashed = STAKE * SLASH_BPS // 10_000
     assert registry.stakeOf(executor) == STAKE - slashed and registry.reputationOf(executor) == 0
     assert ledger.epochs(ledger.epochOf(tx.block_number) + 1).pool == slashed - fee
-    assert ledger.stateOf(record.inference_id).status == INVALIDATED
+    assert ledger.stateOf(record.batch, record.inference_id).status == INVALIDATED
     assert ledger.pendingJudgements(executor) == ledger.pendingJudgements(accuser) == 0
     assert ledger.stats(executor).invalidated == 1
     with ape.reverts("ledger: no dispute"):
-        ledger.resolve(record.as_tuple(), sender=client)
+        ledger.resolve(record.as_tuple(), proof, sender=client)
     with ape.reverts("ledger: already decided"):
-        ledger.submitValidation(record.as_tuple(), False, 0, sender=accuser)
+        ledger.submitValidation(record.as_tuple(), proof, False, 0, sender=accuser)
     conserved()
 
 
 def test_dispute__jury_votes_valid__accuser_penalized(ledger, registry, chain, client, disputed, accounts_by_address,
                                                       conserved):
-    record, executor, accuser, opened = disputed()
+    record, proof, executor, accuser, opened = disputed()
     [juror] = jury(ledger, registry, chain, accounts_by_address, record, opened)
     ledger.vote(record.inference_id, True, sender=juror)
-    ledger.resolve(record.as_tuple(), sender=executor)
+    ledger.resolve(record.as_tuple(), proof, sender=executor)
     penalty = STAKE * PENALTY_BPS // 10_000
     assert registry.stakeOf(accuser) == STAKE - penalty and registry.reputationOf(accuser) == 0
     assert registry.stakeOf(executor) == STAKE
     e = ledger.epochOf(record.finish_block)
     assert ledger.accounts(executor, e).fees == 10 * PRICE and ledger.accounts(executor, e).flags == 0
     assert ledger.escrowOf(client) == FUNDS - 10 * PRICE
-    state = ledger.stateOf(record.inference_id)
+    state = ledger.stateOf(record.batch, record.inference_id)
     assert state.status == VALIDATED
     conserved()
 
 
 def test_dispute__no_votes__valid_by_default_juror_lazy(ledger, registry, chain, client, disputed,
                                                         accounts_by_address, conserved):
-    record, executor, accuser, opened = disputed()
+    record, proof, executor, accuser, opened = disputed()
     [juror] = jury(ledger, registry, chain, accounts_by_address, record, opened)
     chain.mine(opened + JURY_WINDOW - chain.blocks.head.number)
     with ape.reverts("ledger: voting open"):  # lands on the deadline block itself
-        ledger.resolve(record.as_tuple(), sender=client)
-    tx = ledger.resolve(record.as_tuple(), sender=client)
+        ledger.resolve(record.as_tuple(), proof, sender=client)
+    tx = ledger.resolve(record.as_tuple(), proof, sender=client)
     assert [(e.event_name, getattr(e, "reason", None)) for e in tx.events][:1] == [("Ineligible", 2)]
     e = ledger.epochOf(record.finish_block)
     assert ledger.accounts(juror, e).flags == INELIGIBLE
     assert registry.stakeOf(accuser) == STAKE and registry.stakeOf(executor) == STAKE
-    assert ledger.stateOf(record.inference_id).status == VALIDATED
+    assert ledger.stateOf(record.batch, record.inference_id).status == VALIDATED
     with ape.reverts("ledger: no dispute"):
         ledger.vote(record.inference_id, True, sender=juror)
     conserved()
 
 
 def test_vote__rejections(ledger, registry, chain, disputed, accounts_by_address):
-    record, executor, accuser, opened = disputed()
+    record, proof, executor, accuser, opened = disputed()
     with ape.reverts("ledger: jury pending"):
         ledger.vote(record.inference_id, True, sender=accuser)
     [juror] = jury(ledger, registry, chain, accounts_by_address, record, opened)
@@ -123,7 +128,7 @@ def test_vote__rejections(ledger, registry, chain, disputed, accounts_by_address
 
 
 def test_vote__after_deadline__reverts(ledger, registry, chain, disputed, accounts_by_address):
-    record, executor, accuser, opened = disputed()
+    record, proof, executor, accuser, opened = disputed()
     [juror] = jury(ledger, registry, chain, accounts_by_address, record, opened)
     chain.mine(opened + 1 + JURY_WINDOW - chain.blocks.head.number)
     with ape.reverts("ledger: voting closed"):
@@ -131,7 +136,7 @@ def test_vote__after_deadline__reverts(ledger, registry, chain, disputed, accoun
 
 
 def test_dispute__open__blocks_withdrawal_and_claims(ledger, registry, chain, disputed, accounts_by_address, gov):
-    record, executor, accuser, opened = disputed()
+    record, proof, executor, accuser, opened = disputed()
     registry.exit(sender=executor)
     e = ledger.epochOf(record.finish_block)
     chain.mine(max(UNBONDING, ledger.claimBlock(e) - chain.blocks.head.number))
@@ -139,27 +144,41 @@ def test_dispute__open__blocks_withdrawal_and_claims(ledger, registry, chain, di
         registry.withdrawStake(sender=executor)
     with ape.reverts("ledger: dispute pending"):
         ledger.claim(executor, e, sender=gov)
-    ledger.resolve(record.as_tuple(), sender=gov)  # nobody voted: valid by default
+    ledger.resolve(record.as_tuple(), proof, sender=gov)  # nobody voted: valid by default
     registry.withdrawStake(sender=executor)
     ledger.claim(executor, e, sender=gov)
     assert registry.stakeOf(executor) == 0
 
 
-def test_dispute__one_inference_judged_once(ledger, registry, chain, client, start, finish_record,
-                                            accounts_by_address, conserved):
-    s, executor, record = start(client, quorum=1)
-    record = finish_record(record, executor, 10)
+def test_dispute__one_inference_judged_once(ledger, registry, chain, client, finish, accounts_by_address, conserved):
+    batch, executor = finish(client, quorum=1)
+    record, proof = only(batch)
     chain.mine(2)
-    first, second = [accounts_by_address(v) for v in ledger.validatorsOf(record.as_tuple())]
-    tx = ledger.submitValidation(record.as_tuple(), False, 0, sender=first)
+    first, second = [accounts_by_address(v) for v in ledger.validatorsOf(record.as_tuple(), proof)]
+    tx = ledger.submitValidation(record.as_tuple(), proof, False, 0, sender=first)
     opened = tx.block_number
-    tx = ledger.submitValidation(record.as_tuple(), False, 0, sender=second)  # joins the open dispute
+    tx = ledger.submitValidation(record.as_tuple(), proof, False, 0, sender=second)  # joins the open dispute
     assert [e.event_name for e in tx.events] == ["Validated"]
     chain.mine(JURY_WINDOW + 2)
     # the only juror left is the second validator, who does not vote: valid by default
-    ledger.resolve(record.as_tuple(), sender=client)
-    assert ledger.stateOf(record.inference_id).status == VALIDATED
+    ledger.resolve(record.as_tuple(), proof, sender=client)
+    assert ledger.stateOf(record.batch, record.inference_id).status == VALIDATED
     assert ledger.disputes(record.inference_id).jury == [second.address]
     assert ledger.accounts(second, ledger.epochOf(record.finish_block)).flags == INELIGIBLE
     assert ledger.epochs(ledger.epochOf(record.finish_block)).open_disputes == 0
+    conserved()
+
+
+def test_dispute__one_of_a_batch_invalid__only_its_cost_back(ledger, registry, chain, client, finish,
+                                                            accounts_by_address, conserved):
+    batch, executor = finish(client, 2, tokens=[10, 20])
+    record, proof = batch.proven(batch.items[0].inference_id)
+    chain.mine(2)
+    [accuser] = [accounts_by_address(v) for v in ledger.validatorsOf(record.as_tuple(), proof)]
+    opened = ledger.submitValidation(record.as_tuple(), proof, False, 0, sender=accuser).block_number
+    [juror] = jury(ledger, registry, chain, accounts_by_address, record, opened)
+    ledger.vote(record.inference_id, False, sender=juror)
+    ledger.resolve(record.as_tuple(), proof, sender=client)
+    assert ledger.escrowOf(client) == FUNDS - 20 * PRICE
+    assert [ledger.stateOf(batch.number, i.inference_id).status for i in batch.items] == [INVALIDATED, FINISHED]
     conserved()

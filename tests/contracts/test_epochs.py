@@ -3,7 +3,7 @@
 import ape
 import pytest
 
-from conftest import EPOCH, FEE_BPS, MAX_REPUTATION, PRICE, TOKEN, WINDOW
+from conftest import EPOCH, FEE_BPS, MAX_REPUTATION, PRICE, TOKEN, WINDOW, only
 
 POOL = 3 * TOKEN
 INELIGIBLE, FORFEITED, CLAIMED = 1, 2, 4
@@ -30,10 +30,11 @@ def settle(ledger, chain, e):
 
 
 def validated(ledger, chain, client, finish, accounts_by_address, tokens=10):
-    s, executor, record = finish(client, tokens=tokens)
+    batch, executor = finish(client, tokens=tokens)
+    record, proof = only(batch)
     chain.mine(2)
-    [validator] = [accounts_by_address(v) for v in ledger.validatorsOf(record.as_tuple())]
-    ledger.submitValidation(record.as_tuple(), True, 0, sender=validator)
+    [validator] = [accounts_by_address(v) for v in ledger.validatorsOf(record.as_tuple(), proof)]
+    ledger.submitValidation(record.as_tuple(), proof, True, 0, sender=validator)
     return executor, validator, record
 
 
@@ -59,22 +60,16 @@ def test_claim__clean_epoch__fees_reward_and_reputation(ledger, registry, chain,
     conserved()
 
 
-def test_claim__reward_split_by_weight_among_eligible_only(ledger, chain, client, gov, start, finish_record, epoch,
+def test_claim__reward_split_by_weight_among_eligible_only(ledger, chain, client, gov, network, finish, start, epoch,
                                                            conserved):
-    started = {}
-    while len(started) < 2:
-        s, executor, record = start(client, max_tokens=64)
-        started.setdefault(executor, record)
-    (a, ra), (b, rb) = started.items()
-    finish_record(ra, a, 10)
-    finish_record(rb, b, 30)
+    a, b = network[:2]
+    finish(client, tokens=10, executor=a)
+    finish(client, tokens=30, executor=b)
     assert ledger.epochs(epoch).eligible_weight == 40 * PRICE
-    # a third inference that b never finishes: b served less than its share
-    s, executor, record = start(client)
-    while executor != b:
-        s, executor, record = start(client)
-    chain.pending_timestamp = record.deadline + WINDOW + 1
-    ledger.expire(record.as_tuple(), sender=gov)
+    # a third batch that b never finishes: b served less than its share
+    batch, _ = start(client, executor=b)
+    chain.pending_timestamp = batch.items[0].deadline + WINDOW + 1
+    ledger.expireBatch(*batch.args(), sender=gov)
     assert ledger.accounts(b, epoch).flags == INELIGIBLE
     assert ledger.epochs(epoch).eligible_weight == 10 * PRICE
     settle(ledger, chain, epoch)
@@ -83,27 +78,20 @@ def test_claim__reward_split_by_weight_among_eligible_only(ledger, chain, client
     conserved()
 
 
-def test_claim__two_eligible__proportional(ledger, chain, client, gov, start, finish_record, epoch):
-    started = {}
-    while len(started) < 2:
-        s, executor, record = start(client, max_tokens=64)
-        started.setdefault(executor, record)
-    (a, ra), (b, rb) = started.items()
-    finish_record(ra, a, 10)
-    finish_record(rb, b, 30)
+def test_claim__two_eligible__proportional(ledger, chain, client, gov, network, finish, epoch):
+    a, b = network[:2]
+    finish(client, tokens=10, executor=a)
+    finish(client, 2, tokens=[10, 20], executor=b)
     settle(ledger, chain, epoch)
     assert ledger.claim(a, epoch, sender=gov).events[-1].reward == POOL // 4
     assert ledger.claim(b, epoch, sender=gov).events[-1].reward == POOL * 3 // 4
 
 
-def test_reputation__clean_epochs__capped_at_max(ledger, registry, chain, client, gov, finish, epoch):
-    s, executor, record = finish(client)
+def test_reputation__clean_epochs__capped_at_max(ledger, registry, chain, client, gov, network, finish, epoch):
+    executor = network[0]
     for _ in range(MAX_REPUTATION + 1):
-        # the draw decides who serves; the epoch is the one of the executor's latest finish (an
-        # epoch read before the loop can end while others are drawn, and never see its work)
-        while (drawn := finish(client))[1] != executor:
-            pass
-        e = ledger.epochOf(drawn[2].finish_block)
+        batch, _ = finish(client, executor=executor)
+        e = ledger.epochOf(batch.finish_block)
         settle(ledger, chain, e)
         ledger.claim(executor, e, sender=gov)
     assert registry.reputationOf(executor) == MAX_REPUTATION
