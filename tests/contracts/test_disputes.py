@@ -155,8 +155,7 @@ def test_dispute__one_inference_judged_once(ledger, registry, chain, client, fin
     record, proof = only(batch)
     chain.mine(2)
     first, second = [accounts_by_address(v) for v in ledger.validatorsOf(record.as_tuple(), proof)]
-    tx = ledger.submitValidation(record.as_tuple(), proof, False, 0, sender=first)
-    opened = tx.block_number
+    ledger.submitValidation(record.as_tuple(), proof, False, 0, sender=first)
     tx = ledger.submitValidation(record.as_tuple(), proof, False, 0, sender=second)  # joins the open dispute
     assert [e.event_name for e in tx.events] == ["Validated"]
     chain.mine(JURY_WINDOW + 2)

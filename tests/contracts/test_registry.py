@@ -1,7 +1,6 @@
 """Registry: gov setters, participants, unbonding, ledger-only calls and stake-weighted draws."""
 
 import ape
-import pytest
 from eth_utils import keccak
 
 from conftest import MIN_STAKE, MODEL, MODEL_ID, PRICE, SPEC_HASH, STAKE, UNBONDING, ZERO
