@@ -107,15 +107,7 @@ class GraphDecoder:
     @torch.inference_mode()
     def capture(self, prompt: torch.Tensor) -> None:
         self._prefill(prompt)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self._step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._step()
+        self.graph, self.logits = capture_graph(self._step)
 
     def _prefill(self, prompt: torch.Tensor):
         self.cache.reset()
@@ -154,24 +146,11 @@ class GraphPrefill:
         self.graph = None
 
     def _run(self):
-        logits = self.model(input_ids=self.ids, use_cache=False,
-                            logits_to_keep=self.n_out + 1).logits[0, :-1].float()
-        lp = torch.log_softmax(logits, dim=-1)
-        token_lp = lp.gather(1, self.ids[0, -self.n_out:, None])
-        top = torch.topk(lp, VALIDATOR_TOP_K, dim=-1)
-        return top.indices, top.values, token_lp, (lp > token_lp).sum(-1) + 1
+        return score(self.model, self.ids, self.n_out)
 
     @torch.inference_mode()
     def capture(self) -> None:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self._run()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self._run()
+        self.graph, self.out = capture_graph(self._run)
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor):
@@ -200,16 +179,35 @@ def forward_only(model, ids: torch.Tensor, n_out: int):
     return model(input_ids=ids, use_cache=False, logits_to_keep=n_out + 1).logits
 
 
-@torch.inference_mode()
-def validator_prefill(model, ids: torch.Tensor, n_out: int):
-    """Engine.prefill(ids, VALIDATOR_TOP_K, start=len(prompt)) on the device: the forward, then the
-    log_softmax, the token logprobs and ranks and the top-256 over the output positions, to host."""
+def score(model, ids: torch.Tensor, n_out: int):
+    """The forward, then the log_softmax, the top-256, the token logprobs and ranks over the
+    output positions, on the device."""
     logits = model(input_ids=ids, use_cache=False, logits_to_keep=n_out + 1).logits[0, :-1].float()
     lp = torch.log_softmax(logits, dim=-1)
     token_lp = lp.gather(1, ids[0, -n_out:, None])
     top = torch.topk(lp, VALIDATOR_TOP_K, dim=-1)
-    ranks = (lp > token_lp).sum(-1) + 1
-    return top.indices.cpu(), top.values.cpu(), token_lp.cpu(), ranks.cpu()
+    return top.indices, top.values, token_lp, (lp > token_lp).sum(-1) + 1
+
+
+@torch.inference_mode()
+def validator_prefill(model, ids: torch.Tensor, n_out: int):
+    """Engine.prefill(ids, VALIDATOR_TOP_K, start=len(prompt)) on the device: `score`, to host."""
+    return tuple(t.cpu() for t in score(model, ids, n_out))
+
+
+def capture_graph(fn):
+    """(graph, fn's output tensors) for `fn` captured as a CUDA graph, after warm-up runs on a side
+    stream as CUDA graph capture requires; `graph.replay()` refreshes those tensors."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 def copy_bandwidth(device) -> float:

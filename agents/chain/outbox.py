@@ -86,7 +86,8 @@ class _Item:
     attempts: int
 
 
-def _encode(value: Any) -> Any:
+def json_bytes(value: Any) -> Any:
+    """`json.dumps`' default for the chain's bytes: 0x hex, as web3 takes them back."""
     if isinstance(value, (bytes, bytearray)):
         return "0x" + bytes(value).hex()
     raise TypeError(type(value).__name__)
@@ -137,7 +138,7 @@ class Outbox:
         if len(params) > 1 and (not isinstance(args, (list, tuple)) or len(args) != len(params)):
             raise ValueError(f"{kind} args must be ({', '.join(params)})")
         try:
-            encoded = json.dumps(args, default=_encode)
+            encoded = json.dumps(args, default=json_bytes)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{kind} args are not JSON-serializable: {exc}") from None
         with self._lock, self._db:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 
+from agents.chain.outbox import json_bytes
 from agents.node.context import NodeContext, log
 
 FINISH = "finish"
@@ -23,19 +24,13 @@ NO_ANSWER = (b"\0" * 32, b"\0" * 32, 0)
 STALE_S = 3600
 
 
-def _encode(value):
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    raise TypeError(type(value).__name__)
-
-
 async def on_batch_started(ctx: NodeContext, number: int, block: int) -> None:
     """A batch naming this node as executor started in `block`: keep what its finish takes. Its
     terms and items never change, so they are read at the head (a node may not serve state at
     the old blocks a replay brings back)."""
     head = await ctx.read(ctx.chain.block_number)
     batch, _ = await ctx.read(ctx.chain.batch, number, block, head)
-    ctx.state.open_batch(number, json.dumps(batch.args(), default=_encode))
+    ctx.state.open_batch(number, json.dumps(batch.args(), default=json_bytes))
     log.info("executor: batch %d started with %d inference(s)", number, len(batch.items))
 
 
