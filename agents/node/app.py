@@ -35,9 +35,9 @@ from agents.node.state import NodeState
 from agents.protocol.eip712 import Domain
 
 
-# Idle connections are kept longer than httpx's 5 s keep-alive expiry, so that the calling side
-# always closes them first: with equal timeouts, a gateway could send an order on a connection the
-# executor was closing, and see a ReadError.
+# Idle connections are kept longer than the callers' keep-alive expiry (httpx's 5 s, aiohttp's
+# 15 s), so that the calling side always closes them first: with equal timeouts, a gateway could
+# send an order on a connection the executor was closing, and see a ReadError.
 KEEP_ALIVE_S = 75
 # /health: a head read older than this (the follower reads every head_refresh) means no chain
 HEALTH_STALE_S = 10.0
@@ -144,6 +144,7 @@ def create_app(settings: NodeSettings) -> FastAPI:
             stop.set()
             await asyncio.gather(*tasks, *ctx.background, return_exceptions=True)
             await ctx.http.aclose()
+            await ctx.peers.close()
             for poller in pollers.values():
                 poller.close()
             ctx.outbox.close()

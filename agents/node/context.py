@@ -1,5 +1,6 @@
-"""What every role of a node shares: its key, chain view, state, outbox, store, HTTP client, metrics,
-and the cached chain reads of the request path (made by `reads`, agents.node.chain_view.HotReads)."""
+"""What every role of a node shares: its key, chain view, state, outbox, store, HTTP clients,
+metrics, and the cached chain reads of the request path (made by `reads`,
+agents.node.chain_view.HotReads)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from agents.node.cache import TtlCache
 from agents.node.chain_view import ChainView, Head, Members, Model, ParticipantInfo
 from agents.node.config import NodeSettings
 from agents.node.metrics import NodeMetrics
+from agents.node.peers import Peers
 from agents.node.state import NodeState
 from agents.protocol.eip712 import Domain, model_id
 
@@ -44,6 +46,8 @@ class NodeContext:
     # node; None, the event loop's default thread pool, where a test builds a context
     judging: Executor | None = None
     cache: TtlCache = field(init=False)
+    # the calls along an answer's path (agents.node.peers); `http` serves the rest
+    peers: Peers = field(init=False)
     # the gateway's admission reads, kept by the head follower
     admission: AdmissionBook = field(init=False, default_factory=AdmissionBook)
     # work detached from a request (see `spawn`), awaited at shutdown
@@ -53,6 +57,7 @@ class NodeContext:
 
     def __post_init__(self) -> None:
         self.cache = TtlCache(self.settings.chain_cache_ttl)
+        self.peers = Peers(self.settings.request_timeout)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` apart from the request that started it: a client hanging up cancels its

@@ -10,10 +10,8 @@ JSON body), then stores the artifact and keeps the answer for its batch's finish
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
-import httpx
 import numpy as np
 import orjson
 from eth_utils import keccak
@@ -25,6 +23,7 @@ from agents.artifacts.cid import cid_of, digest_from_cid
 from agents.node.chain_view import draw_seed
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
+from agents.node.peers import PeerUnreachable
 from agents.node.model_client import TOP_K, Generation, generation_call, strip_logprobs
 from agents.node.timing import PhaseTimer
 from agents.protocol import eip712
@@ -156,14 +155,12 @@ async def execute(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
     path, body = generation_call(order.request, ctx.settings.model,
                                  seed_from_inference_id(inference_id), order.stream)
     url = ctx.settings.mlnode_url.rstrip("/") + path
-    timeout = ctx.settings.request_timeout
     gen = Generation()
     try:
         if not order.stream:
-            r = await ctx.http.post(url, json=body, timeout=timeout)
-            if r.status_code != 200:
-                raise ApiError(502, f"model node failed ({r.status_code}): {r.text[:300]}",
-                               "model_node_error")
+            r = await ctx.peers.post(url, body)
+            if r.status != 200:
+                raise ApiError(502, f"model node failed ({r.status}): {r.text()}", "model_node_error")
             timer.lap("model")
             # orjson: with top-k logprobs at every position, a 256-token answer is about 60 kB of
             # JSON, which the standard library parses and writes several times slower
@@ -175,37 +172,36 @@ async def execute(ctx: NodeContext, order: ExecuteOrder, inference_id: bytes,
             payload[RECEIPT_FIELD] = receipt.model_dump(mode="json")
             return Response(orjson.dumps(payload), media_type="application/json",
                             headers={H_SERVER_TIMING: timer.header()})
-        upstream = await ctx.http.send(ctx.http.build_request("POST", url, json=body,
-                                                              timeout=timeout), stream=True)
-    except httpx.HTTPError as exc:
-        raise ApiError(502, f"model node unreachable: {exc!r}", "model_node_unreachable") from None
-    if upstream.status_code != 200:
-        text = (await upstream.aread()).decode(errors="replace")[:300]
-        await upstream.aclose()
-        raise ApiError(502, f"model node failed ({upstream.status_code}): {text}", "model_node_error")
+        upstream = await ctx.peers.open_stream(url, body)
+    except PeerUnreachable as exc:
+        raise ApiError(502, f"model node unreachable: {exc}", "model_node_unreachable") from None
+    if upstream.status != 200:
+        text = (await upstream.read())[:300].decode(errors="replace")
+        upstream.release()
+        raise ApiError(502, f"model node failed ({upstream.status}): {text}", "model_node_error")
 
     async def relay():
         try:
-            async for line in upstream.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in upstream.content:
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     break
-                chunk = json.loads(data)
+                chunk = orjson.loads(data)
                 if chunk.get("choices"):
                     gen.add_choice(kind, chunk["choices"][0])
-                yield f"data: {json.dumps(strip_logprobs(chunk))}\n\n"
+                yield b"data: " + orjson.dumps(strip_logprobs(chunk)) + b"\n\n"
         finally:
-            await upstream.aclose()
+            upstream.release()
         timer.lap("model")
         receipt = await conclude(ctx, order, inference_id, gen)
         timer.lap("receipt")
         # shaped like OpenAI's usage chunk (no choices) so SDKs pass it through
         final = {"object": "chat.completion.chunk" if kind == "chat" else "text_completion",
                  "choices": [], RECEIPT_FIELD: receipt.model_dump(mode="json")}
-        yield f"data: {json.dumps(final)}\n\n"
-        yield "data: [DONE]\n\n"
+        yield b"data: " + orjson.dumps(final) + b"\n\n"
+        yield b"data: [DONE]\n\n"
 
     # the header leaves before the answer, so it holds the checks only; /metrics has the rest
     return StreamingResponse(relay(), media_type="text/event-stream",

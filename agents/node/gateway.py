@@ -13,7 +13,6 @@ import json
 import time
 from dataclasses import dataclass
 
-import httpx
 from eth_utils import to_checksum_address
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -23,6 +22,7 @@ from agents.chain.client import ChainUnavailable
 from agents.node.chain_view import ZERO_ADDRESS, AdmissionReads, Head, draw_seed
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
+from agents.node.peers import PeerUnreachable
 from agents.node.timing import PhaseTimer
 from agents.protocol import eip712
 from agents.protocol.messages import (
@@ -286,33 +286,31 @@ async def forward(ctx: NodeContext, url: str, order: ExecuteOrder, headers: dict
                   timer: PhaseTimer) -> Response:
     target = url.rstrip("/") + "/nullius/v1/execute"
     body = order.model_dump(mode="json")
-    timeout = ctx.settings.request_timeout
     try:
         if not order.stream:
-            r = await ctx.http.post(target, json=body, timeout=timeout)
-            if r.status_code != 200:
-                raise _executor_error(headers[H_EXECUTOR], r)
+            r = await ctx.peers.post(target, body)
+            if r.status != 200:
+                raise _executor_error(headers[H_EXECUTOR], r.status, r.content)
             timer.lap("executor")
             # relayed as is: the client checks the executor's receipt, not the gateway
             timing = timer.header(r.headers.get(H_SERVER_TIMING))
             return Response(r.content, media_type="application/json",
                             headers={**headers, H_SERVER_TIMING: timing})
-        upstream = await ctx.http.send(ctx.http.build_request("POST", target, json=body,
-                                                              timeout=timeout), stream=True)
-    except httpx.HTTPError as exc:
-        raise ApiError(502, f"executor {headers[H_EXECUTOR]} unreachable: {exc!r}",
+        upstream = await ctx.peers.open_stream(target, body)
+    except PeerUnreachable as exc:
+        raise ApiError(502, f"executor {headers[H_EXECUTOR]} unreachable: {exc}",
                        "executor_unreachable") from None
-    if upstream.status_code != 200:
-        await upstream.aread()
-        await upstream.aclose()
-        raise _executor_error(headers[H_EXECUTOR], upstream)
+    if upstream.status != 200:
+        content = await upstream.read()
+        upstream.release()
+        raise _executor_error(headers[H_EXECUTOR], upstream.status, content)
 
     async def relay():
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.content.iter_any():
                 yield chunk
         finally:
-            await upstream.aclose()
+            upstream.release()
 
     timer.lap("executor")  # until the executor's first byte
     timing = timer.header(upstream.headers.get(H_SERVER_TIMING))
@@ -320,12 +318,12 @@ async def forward(ctx: NodeContext, url: str, order: ExecuteOrder, headers: dict
                              headers={**headers, H_SERVER_TIMING: timing})
 
 
-def _executor_error(executor: str, r: httpx.Response) -> ApiError:
+def _executor_error(executor: str, status: int, content: bytes) -> ApiError:
     try:
-        message = r.json()["error"]["message"]
+        message = json.loads(content)["error"]["message"]
     except Exception:
-        message = r.text[:200]
-    return ApiError(502, f"executor {executor} failed ({r.status_code}): {message}", "executor_error")
+        message = content[:200].decode(errors="replace")
+    return ApiError(502, f"executor {executor} failed ({status}): {message}", "executor_error")
 
 
 router = APIRouter()
