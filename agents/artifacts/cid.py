@@ -50,7 +50,7 @@ def digest_from_cid(cid: str) -> bytes:
         raise CIDError(f"malformed CID: {len(cid)} characters, at most {MAX_CID_CHARS}")
     if len(cid) == _CANONICAL_CHARS and cid.startswith(_CANONICAL_PREFIX):
         try:
-            raw = base64.b32decode(cid[1:].upper() + "=", casefold=False)
+            raw = base64.b32decode(cid[1:].upper() + "======", casefold=False)  # 58 -> 64 chars
         except ValueError:
             raw = b""
         # the canonical form names one digest only if it re-encodes to itself
