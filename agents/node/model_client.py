@@ -56,11 +56,11 @@ class Generation:
         self.finish_reason = choice.get("finish_reason") or self.finish_reason
 
     def _position(self, token: str, tops: dict[str, float]) -> None:
-        best = sorted(((lp, token_id(t)) for t, lp in tops.items()), key=lambda x: (-x[0], x[1]))
-        best = best[:TOP_K]
+        # highest logprob first, ties by id: (-logprob, id) sorts so with no key function
+        best = sorted([(-lp, token_id(t)) for t, lp in tops.items()])[:TOP_K]
         self.token_ids.append(token_id(token))
         self.top_ids.append([i for _, i in best])
-        self.top_logprobs.append([lp for lp, _ in best])
+        self.top_logprobs.append([-lp for lp, _ in best])
 
 
 def generation_call(request: InferenceRequest, served_model: str, seed: int,

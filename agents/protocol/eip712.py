@@ -13,7 +13,7 @@ of the time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak, to_checksum_address
@@ -43,6 +43,7 @@ _ZERO_MESSAGE = {f["name"]: {"address": "0x" + "00" * 20, "bytes32": bytes(32)}.
                  for f in _FIELDS}
 
 
+@cache  # a node serves one model: its id is hashed in every request's digest
 def model_id(name: str) -> bytes:
     """The on-chain id of a model: keccak of its registry name."""
     return keccak(text=name)
