@@ -1,9 +1,9 @@
 """HTTP along an answer's path: the gateway's order to the drawn executor, and the executor's call
 to its model node.
 
-Both calls sit on every answer's path, so they go through aiohttp's client, which on the devnet
-took 0.4 to 0.9 ms less per round trip than httpx's AsyncClient: about 2 ms of an answer's
-overhead, in pairs of requests timed at each hop (see benchmarks/results/latency.s12-*.json).
+Both calls sit on every answer's path, so they go through aiohttp's client: a round trip took
+0.4 ms (to a bare server) to 1 ms (to a model node) less than with httpx's AsyncClient, and on the
+devnet an answer's path got about 3.5 ms shorter (docs/latency.md).
 Calls off that path (chain reads, artifact fetches, the validator's prefill) keep httpx.
 """
 
