@@ -23,8 +23,8 @@ from agents.artifacts.cid import cid_of, digest_from_cid
 from agents.node.chain_view import draw_seed
 from agents.node.context import NodeContext, log
 from agents.node.errors import ApiError, from_validation
-from agents.node.peers import PeerUnreachable
 from agents.node.model_client import TOP_K, Generation, generation_call, strip_logprobs
+from agents.node.peers import PeerUnreachable
 from agents.node.timing import PhaseTimer
 from agents.protocol import eip712
 from agents.protocol.messages import (H_SERVER_TIMING, RECEIPT_FIELD, ExecuteOrder,
