@@ -1,20 +1,27 @@
 """Latency benchmark: what the gateway path adds over calling a model node directly.
 
-    python -m benchmarks.latency                      # about 5 minutes on 2 cores
+    python -m benchmarks.latency                      # about 7 minutes on 2 cores
     python -m benchmarks.latency --pairs 200 --max-tokens 64 --name latency.big
 
 Brings up an honest devnet (no cheaters) and sends the same requests (same prompt, max_tokens,
-temperature 0 or seeded temperature 1.0) (a) straight to a participant's model node
-`/v1/completions` and (b) through the gateway with the signing client (sign, gateway checks, draw,
-signed order, executor checks, model call with top-k logprobs, artifact, receipt, client check of
-the receipt). The direct call uses the seed the executor derives from the inference id, so both
-paths produce the same tokens. Pairs are interleaved, across answer lengths too, in an order shuffled
-per round (seeded), and alternate which path goes first, so that machine noise hits both alike: with
-a fixed order, every short pair ran while the devnet validated the long answer before it. The
-gateway's and the executor's Server-Timing phases are kept per request, and with them what the
-path adds beyond the executor's model call (`path_p50_ms`), which the model's own run-to-run noise
-does not move. 150 pairs per length: at 60, the p50 ratio's 95% bootstrap interval was 5 to 14
-hundredths wide, at 150 still 5 to 8. Writes benchmarks/results/<name>.json and <name>.png.
+temperature 0 or seeded temperature 1.0) (a) straight to a model node's `/v1/completions` and
+(b) through the gateway with the signing client (sign, gateway checks, draw, signed order, executor
+checks, model call with top-k logprobs, artifact, receipt, client check of the receipt). Both
+timings end with the answer parsed. The direct call uses the seed the executor derives from the
+inference id, so both paths produce the same tokens, and it goes to the model node of the executor
+the gateway draws, so both run on the same node: with every direct call on one node, the other
+nodes, colder on these shared cores, ran the gateway's 256-token answers 16 to 19 ms slower on
+average (`latency.s13-base.json`). When the gateway goes first, its answer names the executor; when
+the direct call does, the draw is computed ahead (`DirectNodes.predict`), and each pair records
+whether the nodes matched.
+
+Pairs are interleaved, across answer lengths too, in an order shuffled per round (seeded), and
+alternate which path goes first, so that machine noise hits both alike: with a fixed order, every
+short pair ran while the devnet validated the long answer before it. The gateway's and the
+executor's Server-Timing phases are kept per request, and with them what the path adds beyond the
+executor's model call (`path_p50_ms`), which the model's own noise does not move. 150 pairs per
+length: at 60, the p50 ratio's 95% bootstrap interval was 5 to 14 hundredths wide, at 150 still 5
+to 8. Writes benchmarks/results/<name>.json and <name>.png.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ import numpy as np
 
 from agents.client.sdk import NulliusClient
 from agents.devnet import network
-from agents.protocol.eip712 import inference_id
+from agents.node.config import NodeSettings
+from agents.protocol.eip712 import inference_id, model_id
+from agents.protocol.requests import InferenceRequest
 from agents.verification.noise import seed_from_inference_id
 from benchmarks.common import PROMPTS as COMMON_PROMPTS
 from benchmarks.common import machine, percentile, pyplot, show, write_json
@@ -38,6 +47,38 @@ from benchmarks.common import machine, percentile, pyplot, show, write_json
 # the first six of the shared prompts, as in the published latency runs
 PROMPTS = COMMON_PROMPTS[:6]
 TEMPERATURES = (0.0, 1.0)
+# The gateway reloads its head every `head_refresh` seconds, so it holds a block this long after it
+# was mined; the devnet mines one a second.
+HEAD_SETTLE_S = NodeSettings.model_fields["head_refresh"].default + 0.05
+BLOCK_POLL_S = 0.02
+
+
+class DirectNodes:
+    """An HTTP client per participant's model node, by participant address, and the draw's pick."""
+
+    def __init__(self, net: network.Devnet, client: NulliusClient):
+        self.client = client
+        self.http = {p.address.lower(): httpx.Client(base_url=p.mlnode_url, timeout=120)
+                     for p in net.participants}
+
+    def __call__(self, executor: str) -> httpx.Client:
+        return self.http[executor.lower()]
+
+    def predict(self, request: InferenceRequest) -> str:
+        """The executor the gateway will draw for `request`: the Ledger's draw seeded by a block
+        just mined, once the gateway holds it. It holds while the direct call ends before the
+        next block: 64-token calls do; 256-token ones, near a second, not always."""
+        view = self.client.view
+        head = view.block_number()
+        while (latest := view.block_number()) == head:
+            time.sleep(BLOCK_POLL_S)
+        time.sleep(HEAD_SETTLE_S)
+        return view.draw_executor(model_id(request.model), inference_id(request, self.client.domain),
+                                  latest)
+
+    def close(self) -> None:
+        for http in self.http.values():
+            http.close()
 
 
 def direct_body(model: str, prompt: str, max_tokens: int, temperature: float, seed: int) -> dict:
@@ -45,7 +86,7 @@ def direct_body(model: str, prompt: str, max_tokens: int, temperature: float, se
             "top_p": 1.0, "top_k": 0, "seed": seed}
 
 
-def run_pair(client: NulliusClient, direct: httpx.Client, prompt: str, max_tokens: int,
+def run_pair(client: NulliusClient, nodes: DirectNodes, prompt: str, max_tokens: int,
              temperature: float, max_price: int, gateway_first: bool) -> dict:
     request = client.build_request(prompt=prompt, max_tokens=max_tokens, temperature=temperature,
                                    max_price=max_price)
@@ -57,18 +98,23 @@ def run_pair(client: NulliusClient, direct: httpx.Client, prompt: str, max_token
         result = client.send(request, client.sign(request))
         return time.perf_counter() - t0, result
 
-    def straight():
+    def straight(node: str):
         t0 = time.perf_counter()
-        r = direct.post("/v1/completions", json=body)
-        elapsed = time.perf_counter() - t0
+        r = nodes(node).post("/v1/completions", json=body)
         r.raise_for_status()
-        return elapsed, r.json()
+        answer = r.json()  # both timings end with the answer parsed, as a caller needs it
+        return time.perf_counter() - t0, answer
 
     if gateway_first:
-        (t_gw, result), (t_direct, answer) = via_gateway(), straight()
+        t_gw, result = via_gateway()
+        node = result.executor
+        t_direct, answer = straight(node)
     else:
-        (t_direct, answer), (t_gw, result) = straight(), via_gateway()
+        node = nodes.predict(request)
+        t_direct, answer = straight(node)
+        t_gw, result = via_gateway()
     return {"prompt": prompt, "temperature": temperature, "gateway_first": gateway_first,
+            "direct_node": node, "same_node": node.lower() == result.executor.lower(),
             "direct_s": t_direct, "gateway_s": t_gw,
             "direct_tokens": answer["usage"]["completion_tokens"],
             "gateway_tokens": result.receipt.completion_tokens,
@@ -93,6 +139,7 @@ def summarize(samples: list[dict]) -> dict:
     out["completion_tokens_mean"] = float(np.mean([s["gateway_tokens"] for s in samples]))
     out["same_tokens"] = sum(s["direct_tokens"] == s["gateway_tokens"] for s in samples)
     out["same_text"] = sum(s["same_text"] for s in samples)
+    out["same_node"] = sum(s["same_node"] for s in samples)
     # the gateway's and executor's phases (Server-Timing), p50 of each
     phases = dict.fromkeys(k for s in samples for k in s["timings_ms"])
     out["phases_p50_ms"] = {k: percentile([s["timings_ms"].get(k, 0.0) for s in samples], 50)
@@ -130,8 +177,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=6, help="unmeasured pairs first")
     p.add_argument("--max-tokens", type=int, nargs="+", default=[64, 256],
                    help="answer lengths, measured interleaved in one run")
-    p.add_argument("--direct-participant", type=int, default=0,
-                   help="whose model node the direct requests go to")
     p.add_argument("--name", default="latency", help="results file stem")
     args = p.parse_args(argv)
 
@@ -144,18 +189,20 @@ def main(argv: list[str] | None = None) -> dict:
             client.deposit(50 * network.TOKEN)
             max_price = client.price(network.MODEL_NAME)
             cases = [(pr, t) for pr in PROMPTS for t in TEMPERATURES]
-            direct_url = net.participants[args.direct_participant].mlnode_url
+            nodes = DirectNodes(net, client)
             by_length: dict[int, list[dict]] = {n: [] for n in args.max_tokens}
             order = random.Random(0)
             rounds = args.warmup + args.pairs
-            with httpx.Client(base_url=direct_url, timeout=120) as direct:
+            try:
                 for i in range(rounds):
                     prompt, temperature = cases[i % len(cases)]
                     for n in order.sample(args.max_tokens, len(args.max_tokens)):
-                        s = run_pair(client, direct, prompt, n, temperature, max_price,
+                        s = run_pair(client, nodes, prompt, n, temperature, max_price,
                                      gateway_first=i % 2 == 0)
                         if i >= args.warmup:
                             by_length[n].append(s)
+            finally:
+                nodes.close()
         finally:
             net.stop()
 
@@ -164,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
               "config": {"participants": args.participants, "pairs": args.pairs,
                          "warmup": args.warmup, "max_tokens": args.max_tokens,
                          "temperatures": list(TEMPERATURES), "prompts": PROMPTS,
-                         "direct_participant": args.direct_participant,
+                         "direct": "the executor's model node",
                          "mlnode_threads": config.mlnode_threads, "model": network.MODEL_NAME},
               "summary": {str(n): summary for n, summary in summaries.items()},
               "samples": {str(n): samples for n, samples in by_length.items()}}
@@ -181,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
               ["path less the model call (ms)", summary["path_p50_ms"], ""]])
         show(f"where the gateway path's time goes at {n} max tokens (Server-Timing, p50)",
              ["phase", "ms"], [[name, ms] for name, ms in summary["phases_p50_ms"].items()])
-        print(f"same tokens in {summary['same_tokens']}/{summary['pairs']} pairs")
+        print(f"same tokens in {summary['same_tokens']}/{summary['pairs']} pairs, the direct call "
+              f"on the executor's model node in {summary['same_node']}")
     print(f"wrote {path}")
     return report
 
