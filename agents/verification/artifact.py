@@ -299,8 +299,10 @@ def _unary_bits(values: np.ndarray) -> np.ndarray:
 
 def _rice_parameter(values: np.ndarray) -> int:
     """The Rice parameter that stores `values` in the fewest bits, the smallest on a tie."""
-    sizes = [int((values >> p).sum()) + len(values) * (1 + p) for p in range(MAX_RICE + 1)]
-    return sizes.index(min(sizes))
+    # every parameter's size in one pass: argmin takes the first, so the smallest, on a tie
+    params = np.arange(MAX_RICE + 1, dtype=np.int64)
+    sizes = (values[None, :] >> params[:, None]).sum(axis=1) + len(values) * (1 + params)
+    return int(np.argmin(sizes))
 
 
 def _rice_bits(values: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:

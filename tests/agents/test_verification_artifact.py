@@ -67,6 +67,13 @@ def test_rice_parameters__the_smallest_encoding_wins():
     assert 0 <= p_first <= 12 and 0 <= p_delta <= 12
 
 
+def test_rice_parameter__ties_go_to_the_smallest_and_empty_streams_take_0():
+    # [1] costs 2 bits at p = 0 (unary 1, stop) and 2 at p = 1 (stop, one bit)
+    assert artifact._rice_parameter(np.array([1], dtype=np.int64)) == 0
+    assert artifact._rice_parameter(np.array([3, 3], dtype=np.int64)) == 1  # 8 bits at 0, 6 at 1, 6 at 2
+    assert artifact._rice_parameter(np.array([], dtype=np.int64)) == 0
+
+
 def _best_rice(a: Artifact, stream: int) -> int:
     codes = np.rint(-a.topk_logprobs * 128).astype(np.int64)
     values = codes[:, 0] if stream == 0 else np.diff(codes, axis=1).ravel()
