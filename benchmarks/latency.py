@@ -1,6 +1,6 @@
 """Latency benchmark: what the gateway path adds over calling a model node directly.
 
-    python -m benchmarks.latency                      # about 7 minutes on 2 cores
+    python -m benchmarks.latency                      # about 9 minutes on 2 cores
     python -m benchmarks.latency --pairs 200 --max-tokens 64 --name latency.big
 
 Brings up an honest devnet (no cheaters) and sends the same requests (same prompt, max_tokens,
@@ -13,7 +13,8 @@ the gateway draws, so both run on the same node: with every direct call on one n
 nodes, colder on these shared cores, ran the gateway's 256-token answers 16 to 19 ms slower on
 average (`latency.s13-base.json`). When the gateway goes first, its answer names the executor; when
 the direct call does, the draw is computed ahead (`DirectNodes.predict`), and each pair records
-whether the nodes matched.
+whether the nodes matched. Every pair waits for that draw's block, whichever path goes first, so
+both orders start after the same idle time.
 
 Pairs are interleaved, across answer lengths too, in an order shuffled per round (seeded), and
 alternate which path goes first, so that machine noise hits both alike: with a fixed order, every
@@ -105,16 +106,20 @@ def run_pair(client: NulliusClient, nodes: DirectNodes, prompt: str, max_tokens:
         answer = r.json()  # both timings end with the answer parsed, as a caller needs it
         return time.perf_counter() - t0, answer
 
+    # every pair waits for the draw's block, whichever path goes first, so that both orders start
+    # after the same idle time: a first call after an idle second ran up to 10 ms slower
+    predicted = nodes.predict(request)
     if gateway_first:
         t_gw, result = via_gateway()
         node = result.executor
         t_direct, answer = straight(node)
     else:
-        node = nodes.predict(request)
+        node = predicted
         t_direct, answer = straight(node)
         t_gw, result = via_gateway()
     return {"prompt": prompt, "temperature": temperature, "gateway_first": gateway_first,
             "direct_node": node, "same_node": node.lower() == result.executor.lower(),
+            "draw_predicted": predicted.lower() == result.executor.lower(),
             "direct_s": t_direct, "gateway_s": t_gw,
             "direct_tokens": answer["usage"]["completion_tokens"],
             "gateway_tokens": result.receipt.completion_tokens,
@@ -140,6 +145,7 @@ def summarize(samples: list[dict]) -> dict:
     out["same_tokens"] = sum(s["direct_tokens"] == s["gateway_tokens"] for s in samples)
     out["same_text"] = sum(s["same_text"] for s in samples)
     out["same_node"] = sum(s["same_node"] for s in samples)
+    out["draw_predicted"] = sum(s["draw_predicted"] for s in samples)
     # the gateway's and executor's phases (Server-Timing), p50 of each
     phases = dict.fromkeys(k for s in samples for k in s["timings_ms"])
     out["phases_p50_ms"] = {k: percentile([s["timings_ms"].get(k, 0.0) for s in samples], 50)
@@ -229,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
         show(f"where the gateway path's time goes at {n} max tokens (Server-Timing, p50)",
              ["phase", "ms"], [[name, ms] for name, ms in summary["phases_p50_ms"].items()])
         print(f"same tokens in {summary['same_tokens']}/{summary['pairs']} pairs, the direct call "
-              f"on the executor's model node in {summary['same_node']}")
+              f"on the executor's model node in {summary['same_node']}, the draw computed ahead "
+              f"right in {summary['draw_predicted']}")
     print(f"wrote {path}")
     return report
 
