@@ -136,6 +136,7 @@ def summarize(samples: list[dict]) -> dict:
         out[f"direct_p{q}_ms"] = 1000 * percentile(direct, q)
         out[f"gateway_p{q}_ms"] = 1000 * percentile(gateway, q)
         out[f"ratio_p{q}"] = percentile(gateway, q) / percentile(direct, q)
+    out["ratio_p50_ci95"] = ratio_p50_interval(np.array(gateway), np.array(direct))
     out["overhead_p50_ms"] = 1000 * percentile(overhead, 50)
     # the gateway path's time less the executor's model call: the hops, checks and receipt alone
     out["path_p50_ms"] = percentile([1000 * s["gateway_s"] - s["timings_ms"]["executor-model"]
@@ -151,6 +152,13 @@ def summarize(samples: list[dict]) -> dict:
     out["phases_p50_ms"] = {k: percentile([s["timings_ms"].get(k, 0.0) for s in samples], 50)
                             for k in phases}
     return out
+
+
+def ratio_p50_interval(gateway: np.ndarray, direct: np.ndarray, resamples: int = 4000) -> list[float]:
+    """The p50 ratio's 95% interval, from the pairs resampled with replacement (seeded)."""
+    idx = np.random.default_rng(0).integers(0, len(gateway), (resamples, len(gateway)))
+    ratios = np.median(gateway[idx], axis=1) / np.median(direct[idx], axis=1)
+    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
 
 
 def plot(by_length: dict[int, list[dict]], summaries: dict[int, dict], path: Path) -> None:
@@ -230,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
              [["direct to model node", summary["direct_p50_ms"], summary["direct_p99_ms"]],
               ["through gateway", summary["gateway_p50_ms"], summary["gateway_p99_ms"]],
               ["ratio gateway / direct", summary["ratio_p50"], summary["ratio_p99"]],
+              ["p50 ratio, 95% interval", "{:.3f} to {:.3f}".format(*summary["ratio_p50_ci95"]), ""],
               ["paired overhead (ms)", summary["overhead_p50_ms"], ""],
               ["path less the model call (ms)", summary["path_p50_ms"], ""]])
         show(f"where the gateway path's time goes at {n} max tokens (Server-Timing, p50)",
