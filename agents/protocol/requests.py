@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -68,13 +67,4 @@ class InferenceRequest(BaseModel):
 
     @property
     def request_hash(self) -> bytes:
-        return _request_hash(self)
-
-
-# A request is hashed by its client, gateway and executor several times each on the request path
-# (its signature, its inference id, the order, the start), 25 us a time. Keyed by the request's
-# fields, as frozen models hash and compare, so a copy with a field changed is hashed anew (a
-# cached_property would travel with `model_copy`). At most 256 requests of 16k characters are kept.
-@lru_cache(maxsize=256)
-def _request_hash(request: InferenceRequest) -> bytes:
-    return keccak_json(request.canonical())
+        return keccak_json(self.canonical())
