@@ -67,8 +67,8 @@ class DirectNodes:
 
     def predict(self, request: InferenceRequest) -> str:
         """The executor the gateway will draw for `request`: the Ledger's draw seeded by a block
-        just mined, once the gateway holds it. It holds while the direct call ends before the
-        next block: 64-token calls do; 256-token ones, near a second, not always."""
+        just mined, once the gateway holds it. It holds while the pair's calls end before the
+        next block: 64-token pairs do; 256-token ones, near a second a call, not always."""
         view = self.client.view
         head = view.block_number()
         while (latest := view.block_number()) == head:
