@@ -40,7 +40,6 @@ from agents.client.sdk import NulliusClient
 from agents.devnet import network
 from agents.node.config import NodeSettings
 from agents.protocol.eip712 import inference_id, model_id
-from agents.protocol.requests import InferenceRequest
 from agents.verification.noise import seed_from_inference_id
 from benchmarks.common import PROMPTS as COMMON_PROMPTS
 from benchmarks.common import machine, percentile, pyplot, show, write_json
@@ -65,8 +64,8 @@ class DirectNodes:
     def __call__(self, executor: str) -> httpx.Client:
         return self.http[executor.lower()]
 
-    def predict(self, request: InferenceRequest) -> str:
-        """The executor the gateway will draw for `request`: the Ledger's draw seeded by a block
+    def predict(self, model: str, iid: bytes) -> str:
+        """The executor the gateway will draw for inference `iid`: the Ledger's draw seeded by a block
         just mined, once the gateway holds it. It holds while the pair's calls end before the
         next block: 64-token pairs do; 256-token ones, near a second a call, not always."""
         view = self.client.view
@@ -74,8 +73,7 @@ class DirectNodes:
         while (latest := view.block_number()) == head:
             time.sleep(BLOCK_POLL_S)
         time.sleep(HEAD_SETTLE_S)
-        return view.draw_executor(model_id(request.model), inference_id(request, self.client.domain),
-                                  latest)
+        return view.draw_executor(model_id(model), iid, latest)
 
     def close(self) -> None:
         for http in self.http.values():
@@ -91,7 +89,8 @@ def run_pair(client: NulliusClient, nodes: DirectNodes, prompt: str, max_tokens:
              temperature: float, max_price: int, gateway_first: bool) -> dict:
     request = client.build_request(prompt=prompt, max_tokens=max_tokens, temperature=temperature,
                                    max_price=max_price)
-    seed = seed_from_inference_id(inference_id(request, client.domain))
+    iid = inference_id(request, client.domain)
+    seed = seed_from_inference_id(iid)
     body = direct_body(request.model, prompt, max_tokens, temperature, seed)
 
     def via_gateway():
@@ -108,7 +107,7 @@ def run_pair(client: NulliusClient, nodes: DirectNodes, prompt: str, max_tokens:
 
     # every pair waits for the draw's block, whichever path goes first, so that both orders start
     # after the same idle time: a first call after an idle second ran up to 10 ms slower
-    predicted = nodes.predict(request)
+    predicted = nodes.predict(request.model, iid)
     if gateway_first:
         t_gw, result = via_gateway()
         node = result.executor
