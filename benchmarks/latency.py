@@ -18,7 +18,11 @@ both orders start after the same idle time.
 
 Pairs are interleaved, across answer lengths too, in an order shuffled per round (seeded), and
 alternate which path goes first, so that machine noise hits both alike: with a fixed order, every
-short pair ran while the devnet validated the long answer before it. The gateway's and the
+short pair ran while the devnet validated the long answer before it. Each case (prompt and
+temperature) also alternates its first path from one round to the next (`first_path`): a pair's
+first call runs slower, and when the order alternated with the pair alone, the 12 cases tied it to
+the temperature, so every greedy pair, whose 64-token answers sit at the p50, went through the
+gateway first (`latency.s14-long`: p50 ratio 1.080 for those, 1.029 for the sampled ones). The gateway's and the
 executor's Server-Timing phases are kept per request, and with them what the path adds beyond the
 executor's model call (`path_p50_ms`), which the model's own noise does not move. 150 pairs per
 length: at 60, the p50 ratio's 95% bootstrap interval was 5 to 14 hundredths wide, at 150 still 5
@@ -126,6 +130,12 @@ def run_pair(client: NulliusClient, nodes: DirectNodes, prompt: str, max_tokens:
             "executor": result.executor, "timings_ms": result.timings}
 
 
+def first_path(i: int, cases: int) -> bool:
+    """Whether round `i` goes through the gateway first: alternately from one round to the next,
+    and for each of the `cases` (taken in turn) from one of its rounds to the next."""
+    return (i + i // cases) % 2 == 0
+
+
 def summarize(samples: list[dict]) -> dict:
     direct = [s["direct_s"] for s in samples]
     gateway = [s["gateway_s"] for s in samples]
@@ -137,6 +147,11 @@ def summarize(samples: list[dict]) -> dict:
         out[f"ratio_p{q}"] = percentile(gateway, q) / percentile(direct, q)
     out["ratio_p50_ci95"] = ratio_p50_interval(np.array(gateway), np.array(direct))
     out["overhead_p50_ms"] = 1000 * percentile(overhead, 50)
+    # the paired overhead by the path that went first: the gap is what a pair's first call pays
+    out["overhead_p50_ms_by_first"] = {
+        first: 1000 * percentile([o for o, s in zip(overhead, samples)
+                                  if s["gateway_first"] == (first == "gateway")], 50)
+        for first in ("gateway", "direct")}
     # the gateway path's time less the executor's model call: the hops, checks and receipt alone
     out["path_p50_ms"] = percentile([1000 * s["gateway_s"] - s["timings_ms"]["executor-model"]
                                      for s in samples], 50)
@@ -211,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
                     prompt, temperature = cases[i % len(cases)]
                     for n in order.sample(args.max_tokens, len(args.max_tokens)):
                         s = run_pair(client, nodes, prompt, n, temperature, max_price,
-                                     gateway_first=i % 2 == 0)
+                                     gateway_first=first_path(i, len(cases)))
                         if i >= args.warmup:
                             by_length[n].append(s)
             finally:
@@ -239,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
               ["ratio gateway / direct", summary["ratio_p50"], summary["ratio_p99"]],
               ["p50 ratio, 95% interval", "{:.3f} to {:.3f}".format(*summary["ratio_p50_ci95"]), ""],
               ["paired overhead (ms)", summary["overhead_p50_ms"], ""],
+              ["  gateway first / direct first",
+               "{gateway:.1f} / {direct:.1f}".format(**summary["overhead_p50_ms_by_first"]), ""],
               ["path less the model call (ms)", summary["path_p50_ms"], ""]])
         show(f"where the gateway path's time goes at {n} max tokens (Server-Timing, p50)",
              ["phase", "ms"], [[name, ms] for name, ms in summary["phases_p50_ms"].items()])
