@@ -34,7 +34,7 @@ test-contracts:
 
 # ape's pytest plugin would start its own anvil for these; they start theirs.
 test-agents:
-	$(VENV)/bin/python -m pytest -p no:ape_test -q tests/agents tests/e2e
+	$(VENV)/bin/python -m pytest -p no:ape_test -q tests/agents tests/benchmarks tests/e2e
 
 bench: compile
 	$(VENV)/bin/python -m benchmarks.latency

@@ -1,7 +1,7 @@
 """Latency benchmark: what the gateway path adds over calling a model node directly.
 
-    python -m benchmarks.latency                      # about 9 minutes on 2 cores
-    python -m benchmarks.latency --pairs 200 --max-tokens 64 --name latency.big
+    python -m benchmarks.latency                   # about 9 minutes on 2 cores
+    python -m benchmarks.latency --pairs 1000 --max-tokens 64 --name latency.big  # about 17
 
 Brings up an honest devnet (no cheaters) and sends the same requests (same prompt, max_tokens,
 temperature 0 or seeded temperature 1.0) (a) straight to a model node's `/v1/completions` and
@@ -22,11 +22,13 @@ short pair ran while the devnet validated the long answer before it. Each case (
 temperature) also alternates its first path from one round to the next (`first_path`): a pair's
 first call runs slower, and when the order alternated with the pair alone, the 12 cases tied it to
 the temperature, so every greedy pair, whose 64-token answers sit at the p50, went through the
-gateway first (`latency.s14-long`: p50 ratio 1.080 for those, 1.029 for the sampled ones). The gateway's and the
-executor's Server-Timing phases are kept per request, and with them what the path adds beyond the
-executor's model call (`path_p50_ms`), which the model's own noise does not move. 150 pairs per
-length: at 60, the p50 ratio's 95% bootstrap interval was 5 to 14 hundredths wide, at 150 still 5
-to 8. Writes benchmarks/results/<name>.json and <name>.png.
+gateway first (`latency.s14-long`: p50 ratio 1.080 for those, 1.029 for the sampled ones).
+
+The gateway's and the executor's Server-Timing phases are kept per request, and with them what the
+path adds beyond the executor's model call (`path_p50_ms`), which the model's own noise does not
+move. 150 pairs per length: at 60, the p50 ratio's 95% bootstrap interval was 5 to 14 hundredths
+wide, at 150 still 4 to 8, at 1000 (one length) 2. Writes benchmarks/results/<name>.json and
+<name>.png.
 """
 
 from __future__ import annotations
@@ -170,8 +172,19 @@ def summarize(samples: list[dict]) -> dict:
 
 def ratio_p50_interval(gateway: np.ndarray, direct: np.ndarray, resamples: int = 4000) -> list[float]:
     """The p50 ratio's 95% interval, from the pairs resampled with replacement (seeded)."""
-    idx = np.random.default_rng(0).integers(0, len(gateway), (resamples, len(gateway)))
-    ratios = np.median(gateway[idx], axis=1) / np.median(direct[idx], axis=1)
+    return pooled_ratio_p50_interval([(gateway, direct)], resamples)
+
+
+def pooled_ratio_p50_interval(runs: list[tuple[np.ndarray, np.ndarray]],
+                              resamples: int = 4000) -> list[float]:
+    """The 95% interval of the p50 ratio over the pairs of several runs, (gateway, direct) each:
+    every run's pairs are resampled with replacement within the run (seeded)."""
+    rng = np.random.default_rng(0)
+    picks = [(g[idx], d[idx]) for g, d in runs
+             for idx in [rng.integers(0, len(g), (resamples, len(g)))]]
+    gateway = np.concatenate([g for g, _ in picks], axis=1)
+    direct = np.concatenate([d for _, d in picks], axis=1)
+    ratios = np.median(gateway, axis=1) / np.median(direct, axis=1)
     return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
 
 
