@@ -150,10 +150,12 @@ def summarize(samples: list[dict]) -> dict:
     out["ratio_p50_ci95"] = ratio_p50_interval(np.array(gateway), np.array(direct))
     out["overhead_p50_ms"] = 1000 * percentile(overhead, 50)
     # the paired overhead by the path that went first: the gap is what a pair's first call pays
-    out["overhead_p50_ms_by_first"] = {
-        first: 1000 * percentile([o for o, s in zip(overhead, samples)
-                                  if s["gateway_first"] == (first == "gateway")], 50)
-        for first in ("gateway", "direct")}
+    # (NaN for an order no pair took, as in a one-pair run)
+    by_first = {first: [o for o, s in zip(overhead, samples)
+                        if s["gateway_first"] == (first == "gateway")]
+                for first in ("gateway", "direct")}
+    out["overhead_p50_ms_by_first"] = {first: 1000 * percentile(o, 50) if o else float("nan")
+                                       for first, o in by_first.items()}
     # the gateway path's time less the executor's model call: the hops, checks and receipt alone
     out["path_p50_ms"] = percentile([1000 * s["gateway_s"] - s["timings_ms"]["executor-model"]
                                      for s in samples], 50)
